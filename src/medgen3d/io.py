@@ -1,0 +1,270 @@
+"""NIfTI in and out with nibabel, keeping geometry exact.
+
+Every volume the engine handles is a :class:`Volume`: voxel data as ``(Z, Y, X)`` axial
+slices of the closest RAS-canonical grid (``Z`` increases towards superior, so slice 0 is
+the most inferior one), the 4x4 affine of that grid in nibabel's index order ``(i, j, k) =
+(x, y, z)``, and the orientation codes of the file it came from. Processing always sees
+RAS; :func:`save_volume` writes back in the file's own orientation, so a load/save round
+trip reproduces the data and the affine of the original.
+
+Writers never leave half-written files behind (:func:`atomic_output` writes to a temporary
+name and renames) and never replace a file unless asked to.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+import nibabel as nib
+import numpy as np
+from nibabel.orientations import axcodes2ornt, ornt_transform
+
+from medgen3d.errors import InputError, OutputExistsError
+
+__all__ = [
+    "NIFTI_SUFFIXES",
+    "Volume",
+    "atomic_output",
+    "check_same_geometry",
+    "is_nifti_path",
+    "load_pair",
+    "load_volume",
+    "save_volume",
+]
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+RAS = ("R", "A", "S")
+VolumeKind = Literal["image", "label"]
+
+
+@dataclass(frozen=True)
+class Volume:
+    """One 3D volume on a RAS-canonical grid.
+
+    Attributes:
+        data: voxel values, shape ``(Z, Y, X)``; float32 for images, unsigned integers
+            for labels.
+        affine: 4x4 voxel-to-world (mm, RAS+) matrix of the canonical grid, indexed like
+            nibabel ``(x, y, z)``: ``affine @ [x, y, z, 1]`` is the world position of
+            ``data[z, y, x]``.
+        source_axcodes: orientation codes of the file the volume came from (e.g.
+            ``("L", "P", "S")``); :func:`save_volume` writes in this orientation.
+        header: the NIfTI header of the source file, when there is one, so that units and
+            intent codes survive a round trip.
+    """
+
+    data: np.ndarray
+    affine: np.ndarray
+    source_axcodes: tuple[str, str, str] = RAS
+    header: nib.Nifti1Header | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.data.ndim != 3:
+            raise ValueError(f"Volume data must be (Z, Y, X), got shape {self.data.shape}")
+        if self.affine.shape != (4, 4):
+            raise ValueError(f"Volume affine must be 4x4, got {self.affine.shape}")
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """``(Z, Y, X)``."""
+        return tuple(int(s) for s in self.data.shape)  # type: ignore[return-value]
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size in mm along ``(Z, Y, X)`` (column norms of the affine)."""
+        sx, sy, sz = np.linalg.norm(self.affine[:3, :3], axis=0)
+        return float(sz), float(sy), float(sx)
+
+    @property
+    def zyx_affine(self) -> np.ndarray:
+        """The affine with voxel and world axes both in ``(z, y, x)`` order.
+
+        This is the matrix a viewer that indexes ``data[z, y, x]`` needs (napari's layer
+        ``affine``), with world axes ordered like the array axes.
+        """
+        perm = np.eye(4)[[2, 1, 0, 3]]
+        return perm @ self.affine @ perm
+
+    def with_data(self, data: np.ndarray) -> Volume:
+        """The same geometry around new voxel data of the same shape (e.g. a generated mask)."""
+        if data.shape != self.data.shape:
+            raise ValueError(f"shape {data.shape} differs from the volume's {self.data.shape}")
+        return replace(self, data=data)
+
+
+def is_nifti_path(path: str | Path) -> bool:
+    """Whether the file name ends in ``.nii`` or ``.nii.gz``."""
+    return str(path).lower().endswith(NIFTI_SUFFIXES)
+
+
+def load_volume(path: str | Path, kind: VolumeKind = "image") -> Volume:
+    """Read a NIfTI file and bring it to the RAS-canonical grid.
+
+    Args:
+        path: a ``.nii`` or ``.nii.gz`` file.
+        kind: ``"image"`` gives float32 data; ``"label"`` requires integer values >= 0 and
+            gives uint8 (or uint16 when a value exceeds 255).
+
+    Returns:
+        The volume, data ``(Z, Y, X)``.
+
+    Raises:
+        InputError: naming the file, when it is not NIfTI, cannot be read (corrupt or
+            truncated), is not 3D, holds NaN/Inf, or (labels) holds non-integer or
+            negative values.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("no such file", path)
+    if not is_nifti_path(path):
+        raise InputError("not a NIfTI file (expected .nii or .nii.gz)", path)
+    try:
+        img = nib.load(path)
+        if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+            raise InputError(f"not a NIfTI image ({type(img).__name__})", path)
+        img = _squeeze_to_3d(img, path)
+        source_axcodes = tuple(nib.aff2axcodes(img.affine))
+        canonical = nib.as_closest_canonical(img)
+        raw = np.asanyarray(canonical.dataobj)
+    except InputError:
+        raise
+    except Exception as exc:  # nibabel raises many types for unreadable/truncated files
+        raise InputError(f"cannot be read as NIfTI ({type(exc).__name__}: {exc})", path) from exc
+    data = np.ascontiguousarray(raw.transpose(2, 1, 0))
+    data = _check_label_values(data, path) if kind == "label" else _check_image_values(data, path)
+    return Volume(data, canonical.affine.copy(), source_axcodes, img.header.copy())
+
+
+def load_pair(image_path: str | Path, label_path: str | Path) -> tuple[Volume, Volume]:
+    """Read an image and its label map, which must share one grid.
+
+    Raises:
+        InputError: as :func:`load_volume`, or when shapes or affines differ.
+    """
+    image = load_volume(image_path, "image")
+    label = load_volume(label_path, "label")
+    check_same_geometry(image, label, label_path, image_path)
+    return image, label
+
+
+def check_same_geometry(
+    reference: Volume, other: Volume, other_path: str | Path | None, reference_name: object
+) -> None:
+    """Raise an :class:`InputError` naming ``other_path`` when grids differ.
+
+    Affines are compared with a tolerance of 1e-4 mm, far below any voxel size, so that
+    float32 rounding in headers does not reject a genuine pair.
+    """
+    if reference.shape != other.shape:
+        raise InputError(
+            f"shape {other.shape} (Z, Y, X) differs from {reference.shape} of {reference_name}",
+            other_path,
+        )
+    if not np.allclose(reference.affine, other.affine, atol=1e-4):
+        raise InputError(f"affine differs from that of {reference_name}", other_path)
+
+
+def save_volume(
+    volume: Volume,
+    path: str | Path,
+    *,
+    overwrite: bool = False,
+    dtype: np.dtype | type | None = None,
+) -> Path:
+    """Write a volume as NIfTI in its source orientation, atomically.
+
+    Args:
+        volume: what to write.
+        path: destination ending in ``.nii`` or ``.nii.gz``.
+        overwrite: replace an existing file; otherwise an existing file is an error.
+        dtype: on-disk data type; defaults to the data's own.
+
+    Returns:
+        The written path.
+    """
+    path = Path(path)
+    if not is_nifti_path(path):
+        raise InputError("output name must end in .nii or .nii.gz", path)
+    data = volume.data if dtype is None else volume.data.astype(dtype)
+    header = volume.header.copy() if volume.header is not None else None
+    canonical = nib.Nifti1Image(np.ascontiguousarray(data.transpose(2, 1, 0)), volume.affine, header)
+    canonical.set_data_dtype(data.dtype)
+    canonical.header.set_xyzt_units("mm", canonical.header.get_xyzt_units()[1] or "sec")
+    to_source = ornt_transform(axcodes2ornt(RAS), axcodes2ornt(volume.source_axcodes))
+    out = canonical.as_reoriented(to_source)
+    out.set_sform(out.affine, code=1)
+    out.set_qform(out.affine, code=1)
+    # Data are stored exactly as given: no scaling, so labels and floats round-trip.
+    out.header.set_slope_inter(1.0, 0.0)
+    with atomic_output(path, overwrite=overwrite) as tmp:
+        nib.save(out, tmp)
+    return path
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` on success.
+
+    The temporary name keeps the file's suffixes (nibabel chooses compression by them).
+    On any error the temporary file is removed and ``path`` is left as it was.
+
+    Raises:
+        OutputExistsError: when ``path`` exists and ``overwrite`` is false.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise OutputExistsError(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".part{suffix}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        if path.exists() and not overwrite:  # appeared while we were writing
+            raise OutputExistsError(path)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _squeeze_to_3d(img: nib.Nifti1Image, path: Path) -> nib.Nifti1Image:
+    shape = img.shape
+    if len(shape) == 3:
+        return img
+    if len(shape) == 4 and shape[3] == 1:
+        return img.slicer[..., 0]
+    if len(shape) > 3 and all(s == 1 for s in shape[3:]):
+        return nib.Nifti1Image(np.asanyarray(img.dataobj).reshape(shape[:3]), img.affine, img.header)
+    if len(shape) == 4:
+        raise InputError(f"is 4D with {shape[3]} volumes; give one 3D volume", path)
+    raise InputError(f"is {len(shape)}D with shape {shape}; a 3D volume is needed", path)
+
+
+def _check_image_values(data: np.ndarray, path: Path) -> np.ndarray:
+    data = data.astype(np.float32, copy=False)
+    if not np.isfinite(data).all():
+        raise InputError("contains NaN or infinite values", path)
+    return data
+
+
+def _check_label_values(data: np.ndarray, path: Path) -> np.ndarray:
+    if data.dtype.kind == "f":
+        if not np.isfinite(data).all():
+            raise InputError("label map contains NaN or infinite values", path)
+        if not np.array_equal(data, np.round(data)):
+            raise InputError("label map contains non-integer values", path)
+    elif data.dtype.kind not in "iub":
+        raise InputError(f"label map has unsupported data type {data.dtype}", path)
+    low, high = (int(data.min()), int(data.max())) if data.size else (0, 0)
+    if low < 0:
+        raise InputError(f"label map contains negative values (min {low})", path)
+    if high > np.iinfo(np.uint16).max:
+        raise InputError(f"label map value {high} exceeds 65535", path)
+    return data.astype(np.uint8 if high <= np.iinfo(np.uint8).max else np.uint16)
