@@ -193,7 +193,8 @@ def save_volume(
         raise InputError("output name must end in .nii or .nii.gz", path)
     data = volume.data if dtype is None else volume.data.astype(dtype)
     header = volume.header.copy() if volume.header is not None else None
-    canonical = nib.Nifti1Image(np.ascontiguousarray(data.transpose(2, 1, 0)), volume.affine, header)
+    xyz = np.ascontiguousarray(data.transpose(2, 1, 0))
+    canonical = nib.Nifti1Image(xyz, volume.affine, header)
     canonical.set_data_dtype(data.dtype)
     canonical.header.set_xyzt_units("mm", canonical.header.get_xyzt_units()[1] or "sec")
     to_source = ornt_transform(axcodes2ornt(RAS), axcodes2ornt(volume.source_axcodes))
@@ -222,7 +223,9 @@ def atomic_output(path: str | Path, *, overwrite: bool = False) -> Iterator[Path
         raise OutputExistsError(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".part{suffix}", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{path.stem}.", suffix=f".part{suffix}", dir=path.parent
+    )
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -241,7 +244,8 @@ def _squeeze_to_3d(img: nib.Nifti1Image, path: Path) -> nib.Nifti1Image:
     if len(shape) == 4 and shape[3] == 1:
         return img.slicer[..., 0]
     if len(shape) > 3 and all(s == 1 for s in shape[3:]):
-        return nib.Nifti1Image(np.asanyarray(img.dataobj).reshape(shape[:3]), img.affine, img.header)
+        data = np.asanyarray(img.dataobj).reshape(shape[:3])
+        return nib.Nifti1Image(data, img.affine, img.header)
     if len(shape) == 4:
         raise InputError(f"is 4D with {shape[3]} volumes; give one 3D volume", path)
     raise InputError(f"is {len(shape)}D with shape {shape}; a 3D volume is needed", path)

@@ -30,9 +30,23 @@ __all__ = ["Label", "LabelTable", "bundled_table"]
 _COLOUR = re.compile(r"^#[0-9a-fA-F]{6}$")
 # Distinct fallback colours (tab20-like), used when a table file names none.
 _PALETTE = (
-    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-    "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94",
-)  # fmt: skip
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+    "#aec7e8",
+    "#ffbb78",
+    "#98df8a",
+    "#ff9896",
+    "#c5b0d5",
+    "#c49c94",
+)
 
 
 @dataclass(frozen=True)
@@ -161,13 +175,13 @@ class LabelTable:
 
     def to_dict(self) -> dict[str, list]:
         """A JSON-friendly form (checkpoint configs, dataset.json)."""
-        return {"values": list(self.values), "names": list(self.names),
-                "colours": [label.colour for label in self.labels]}  # fmt: skip
+        colours = [label.colour for label in self.labels]
+        return {"values": list(self.values), "names": list(self.names), "colours": colours}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, list]) -> LabelTable:
-        return cls(tuple(Label(int(v), str(n), str(c))
-                         for v, n, c in zip(d["values"], d["names"], d["colours"], strict=True)))  # fmt: skip
+        rows = zip(d["values"], d["names"], d["colours"], strict=True)
+        return cls(tuple(Label(int(v), str(n), str(c)) for v, n, c in rows))
 
     @classmethod
     def from_text(cls, text: str, source: str | Path | None = None) -> LabelTable:
