@@ -87,6 +87,53 @@ def _run_phantom(args: argparse.Namespace) -> None:
     log.info("wrote %d pairs to %s", len(pairs), args.out)
 
 
+def _add_train(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train one stage (masks, images or refiner) on a NIfTI dataset",
+        description="Train a stage of a recipe on image/label pairs. Runs on CPU, one GPU, "
+        "or many processes with `torchrun --nproc-per-node N -m medgen3d.cli train ...`.",
+    )
+    p.add_argument("stage", choices=("masks", "images", "refiner"))
+    p.add_argument("--data", required=True, help="dataset folder (MSD, nnU-Net or pairs)")
+    p.add_argument("--config", required=True, help="recipe JSON (see resources/recipes/)")
+    p.add_argument("--out", required=True, help="checkpoint file to write")
+    p.add_argument("--resume", action="store_true", help="continue from --out")
+    p.add_argument("--overwrite", action="store_true", help="replace --out and start afresh")
+    p.add_argument("--max-steps", type=int, help="override the recipe's max_steps")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    p.set_defaults(run=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> None:
+    from medgen3d.train.run import train_stage
+
+    bar: tqdm | None = None
+
+    def progress(step: int, total: int, losses: dict[str, float]) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, initial=step - 1, desc=f"train {args.stage}", unit="step")
+        bar.set_postfix({k: f"{v:.4f}" for k, v in losses.items()}, refresh=False)
+        bar.update(step - bar.n)
+
+    try:
+        train_stage(
+            args.stage,
+            args.data,
+            args.config,
+            args.out,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            max_steps=args.max_steps,
+            device=args.device,
+            progress=progress,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medgen3d",
@@ -96,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_phantom(subparsers)
+    _add_train(subparsers)
     return parser
 
 

@@ -35,6 +35,7 @@ __all__ = [
     "is_nifti_path",
     "load_pair",
     "load_volume",
+    "load_volume_any",
     "save_volume",
 ]
 
@@ -272,3 +273,20 @@ def _check_label_values(data: np.ndarray, path: Path) -> np.ndarray:
     if high > np.iinfo(np.uint16).max:
         raise InputError(f"label map value {high} exceeds 65535", path)
     return data.astype(np.uint8 if high <= np.iinfo(np.uint8).max else np.uint16)
+
+
+def load_volume_any(path: str | Path, max_labels: int = 256) -> tuple[Volume, VolumeKind]:
+    """Read a NIfTI file as a label map or an image, judged by its content.
+
+    A file stored with an integer data type, holding only non-negative values and at most
+    ``max_labels`` distinct ones, is a label map; anything else is an image. This is the
+    choice a viewer makes when a user drops a file on it.
+    """
+    volume = load_volume(path, "image")
+    header = volume.header
+    stored_integer = header is not None and np.dtype(header.get_data_dtype()).kind in "iu"
+    if stored_integer and volume.data.min() >= 0:
+        values = np.unique(volume.data)
+        if values.size <= max_labels and np.array_equal(values, np.round(values)):
+            return volume.with_data(_check_label_values(volume.data, Path(path))), "label"
+    return volume, "image"

@@ -1,0 +1,104 @@
+"""Training cases held in memory, and seeded sampling of sequence batches from them.
+
+Cases are small once on a model's grid (a 64-slice 64x64 volume is 1 MB), so every stage
+samples its batches from a :class:`CaseBank` instead of a data loader. Sampling draws from
+an explicit ``torch.Generator``: the training loop seeds one per step and every
+``torchrun`` rank draws the same global batch, then keeps its own share. That is what makes
+a run on N processes follow the run on one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medgen3d.datasets import discover_pairs, load_case
+from medgen3d.errors import InputError
+from medgen3d.recipe import DataSpec
+
+__all__ = ["CaseBank"]
+
+
+@dataclass(frozen=True)
+class CaseBank:
+    """Preprocessed cases: images in ``[-1, 1]`` and labels as channel indices.
+
+    Attributes:
+        images: one float32 ``(Z, H, W)`` array per case.
+        labels: one uint8 ``(Z, H, W)`` array of channel indices ``0 .. C-1`` per case.
+        num_classes: ``C``, the label table's size.
+        names: case names, for messages.
+    """
+
+    images: tuple[np.ndarray, ...]
+    labels: tuple[np.ndarray, ...]
+    num_classes: int
+    names: tuple[str, ...]
+
+    @classmethod
+    def from_folder(
+        cls,
+        root: str | Path,
+        spec: DataSpec,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> CaseBank:
+        """Load every pair under ``root`` (any layout :func:`discover_pairs` knows).
+
+        Raises:
+            InputError: naming the file, for unreadable pairs or unknown label values, or
+                naming the case when it has fewer slices than one sequence.
+        """
+        cases = discover_pairs(root)
+        images, labels = [], []
+        for i, case in enumerate(cases):
+            image, label = load_case(case, spec.labels, spec.preprocessing, spec.label_mapping)
+            if image.shape[0] < spec.sequence_length:
+                raise InputError(
+                    f"has {image.shape[0]} slices on the model grid, fewer than one sequence "
+                    f"({spec.sequence_length}); use a smaller sequence_length or spacing",
+                    case.image,
+                )
+            if images and image.shape[1:] != images[0].shape[1:]:
+                raise InputError(
+                    f"in-plane size {image.shape[1:]} differs from {images[0].shape[1:]} of "
+                    f"{cases[0].name}; set data.size in the recipe to crop/pad all cases",
+                    case.image,
+                )
+            images.append(image.data)
+            labels.append(spec.labels.to_channels(label.data, case.label))
+            if progress is not None:
+                progress(i + 1, len(cases))
+        return cls(tuple(images), tuple(labels), len(spec.labels), tuple(c.name for c in cases))
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def sample_sequences(
+        self, batch_size: int, length: int, generator: torch.Generator
+    ) -> dict[str, torch.Tensor]:
+        """Draw ``batch_size`` random sequences of ``length`` consecutive slices.
+
+        Returns:
+            ``image`` float ``(B, L, H, W)`` in [-1, 1], ``label`` long ``(B, L, H, W)``
+            channel indices, ``position`` float ``(B,)``: the relative position
+            ``start / (Z - L)`` of each sequence in its volume (0.5 when ``Z == L``).
+        """
+        case_ids = torch.randint(len(self), (batch_size,), generator=generator).tolist()
+        draws = torch.rand(batch_size, generator=generator, dtype=torch.float64).tolist()
+        images, labels, positions = [], [], []
+        for case_id, u in zip(case_ids, draws, strict=True):
+            depth = self.images[case_id].shape[0]
+            last_start = depth - length
+            start = min(int(u * (last_start + 1)), last_start)
+            images.append(self.images[case_id][start : start + length])
+            labels.append(self.labels[case_id][start : start + length])
+            positions.append(0.5 if last_start == 0 else start / last_start)
+        return {
+            "image": torch.from_numpy(np.stack(images)),
+            "label": torch.from_numpy(np.stack(labels).astype(np.int64)),
+            "position": torch.tensor(positions, dtype=torch.float32),
+        }

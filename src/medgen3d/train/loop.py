@@ -1,0 +1,288 @@
+"""The training loop every stage shares.
+
+A stage supplies a :class:`TrainingTask`: how to draw a batch, what one optimisation step
+does, and what its state is. :func:`fit` runs the steps on whatever :class:`Runtime` it is
+given (CPU, one GPU, ``torchrun``), logs reduced losses, saves periodic checkpoints on rank
+0 and resumes from one. :class:`OptimisedNetwork` bundles the per-network machinery
+(DDP wrapper, AdamW, gradient clipping, mixed precision, EMA of weights) so tasks only
+write their losses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from medgen3d import __version__
+from medgen3d.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from medgen3d.errors import InputError
+from medgen3d.recipe import DataSpec, TrainingSettings
+from medgen3d.runtime import Runtime
+from medgen3d.train.bank import CaseBank
+
+__all__ = ["OptimisedNetwork", "TrainingResult", "TrainingTask", "fit", "step_generator"]
+
+log = logging.getLogger(__name__)
+
+TrainingProgress = Callable[[int, int, dict[str, float]], None]
+
+
+class OptimisedNetwork:
+    """A network with its optimiser, gradient scaler and weight average.
+
+    Args:
+        network: the module (moved to ``runtime.device``); call :attr:`model` in forward
+            passes, which is the DDP-wrapped module under ``torchrun``.
+        settings: learning rate, weight decay, clipping, EMA decay and AMP switch.
+        runtime: device and process group.
+        learning_rate: overrides ``settings.learning_rate`` (e.g. a discriminator's).
+        ema: keep an exponential moving average of the weights for inference.
+    """
+
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        settings: TrainingSettings,
+        runtime: Runtime,
+        *,
+        learning_rate: float | None = None,
+        ema: bool = True,
+    ) -> None:
+        self.network = network.to(runtime.device)
+        self.model = runtime.wrap(self.network)
+        self.optimizer = torch.optim.AdamW(
+            self.network.parameters(),
+            lr=settings.learning_rate if learning_rate is None else learning_rate,
+            weight_decay=settings.weight_decay,
+        )
+        self.grad_clip = settings.grad_clip
+        self.ema = (
+            AveragedModel(self.network, multi_avg_fn=get_ema_multi_avg_fn(settings.ema_decay))
+            if ema and settings.ema_decay > 0
+            else None
+        )
+        self.device_type = runtime.device.type
+        self.scaler = torch.amp.GradScaler(
+            self.device_type, enabled=settings.amp and self.device_type == "cuda"
+        )
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Mixed-precision context for forward passes (a no-op unless AMP is on, on CUDA)."""
+        return torch.autocast(
+            self.device_type, dtype=torch.float16, enabled=self.scaler.is_enabled()
+        )
+
+    def step(self, loss: torch.Tensor) -> None:
+        """Back-propagate ``loss``, clip, step the optimiser and update the average."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.ema is not None:
+            self.ema.update_parameters(self.network)
+
+    def inference_weights(self) -> dict[str, torch.Tensor]:
+        """The weights to sample with: the average when kept, else the raw weights."""
+        source = self.ema.module if self.ema is not None else self.network
+        return source.state_dict()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "network": self.network.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "ema": None if self.ema is None else self.ema.state_dict(),
+            "scaler": self.scaler.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.network.load_state_dict(state["network"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.scaler.load_state_dict(state["scaler"])
+
+
+class TrainingTask(ABC):
+    """What one stage contributes to :func:`fit`.
+
+    Attributes:
+        stage: the checkpoint stage name (``"masks"``, ``"images"``, ``"refiner"``).
+        networks: name -> :class:`OptimisedNetwork`; all are saved and resumed.
+        inference_networks: the names whose weights inference needs.
+    """
+
+    stage: str
+    networks: dict[str, OptimisedNetwork]
+    inference_networks: tuple[str, ...]
+
+    @abstractmethod
+    def make_batch(
+        self, bank: CaseBank, batch_size: int, generator: torch.Generator
+    ) -> dict[str, torch.Tensor]:
+        """The whole global batch on the CPU, every random draw (noise, timesteps, condition
+        dropping) taken from ``generator`` so all ranks see the same batch."""
+
+    @abstractmethod
+    def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One optimisation step on this rank's share; returns detached scalar losses."""
+
+    @abstractmethod
+    def model_config(self) -> dict[str, Any]:
+        """The network hyper-parameters the stage's builder needs to rebuild it."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {name: net.state_dict() for name, net in self.networks.items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name, net in self.networks.items():
+            net.load_state_dict(state[name])
+
+    def inference_weights(self) -> dict[str, dict[str, torch.Tensor]]:
+        return {name: self.networks[name].inference_weights() for name in self.inference_networks}
+
+    def train(self, mode: bool = True) -> None:
+        for net in self.networks.values():
+            net.network.train(mode)
+
+
+@dataclass
+class TrainingResult:
+    """What a run did: steps taken in this call and the reduced loss of each."""
+
+    start_step: int
+    end_step: int
+    losses: list[dict[str, float]] = field(default_factory=list)
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The generator of step ``step``: a function of (seed, step) only, so resuming or
+    changing the number of processes never changes which batch a step sees."""
+    state = np.random.SeedSequence([seed, step]).generate_state(2, dtype=np.uint64)
+    return torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
+
+
+def fit(
+    task: TrainingTask,
+    bank: CaseBank,
+    data: DataSpec,
+    settings: TrainingSettings,
+    runtime: Runtime,
+    checkpoint_path: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    provenance: dict[str, Any] | None = None,
+    progress: TrainingProgress | None = None,
+) -> TrainingResult:
+    """Train ``task`` for ``settings.max_steps`` steps in all, saving to ``checkpoint_path``.
+
+    Args:
+        task: the stage's networks and step.
+        bank: training cases.
+        data: the recipe's data section (stored in the checkpoint for inference).
+        settings: optimisation settings; ``batch_size`` is global and must divide evenly
+            over the processes.
+        runtime: device and process group.
+        checkpoint_path: written every ``settings.checkpoint_every`` steps and at the end,
+            by rank 0, atomically.
+        resume: continue from the step and state stored in ``checkpoint_path``.
+        overwrite: allow replacing an existing checkpoint when not resuming.
+        provenance: facts about the run to record (dataset, command line).
+        progress: ``progress(step, max_steps, losses)`` after each step, on rank 0.
+
+    Raises:
+        InputError: for a batch that does not divide over the processes, an existing
+            checkpoint without ``resume``/``overwrite``, or a checkpoint to resume from
+            that belongs to another stage or network.
+    """
+    checkpoint_path = Path(checkpoint_path)
+    if settings.batch_size % runtime.world_size:
+        raise InputError(
+            f"batch_size {settings.batch_size} does not divide over {runtime.world_size} processes"
+        )
+    start = 0
+    if resume and checkpoint_path.exists():
+        start = _restore(task, checkpoint_path)
+        log.info("resuming %s from step %d of %s", task.stage, start, checkpoint_path)
+    elif checkpoint_path.exists() and not overwrite and not resume:
+        raise InputError(
+            "already exists; pass --resume to continue it or --overwrite", checkpoint_path
+        )
+    result = TrainingResult(start, start)
+    task.train()
+    for step in range(start, settings.max_steps):
+        batch = task.make_batch(bank, settings.batch_size, step_generator(settings.seed, step))
+        shard = {
+            k: v[runtime.rank :: runtime.world_size].to(runtime.device) for k, v in batch.items()
+        }
+        losses = task.training_step(shard)
+        names = sorted(losses)
+        reduced = runtime.all_reduce_mean(torch.stack([losses[n].float() for n in names]))
+        values = dict(zip(names, reduced.tolist(), strict=True))
+        result.losses.append(values)
+        result.end_step = step + 1
+        if runtime.is_main:
+            if progress is not None:
+                progress(step + 1, settings.max_steps, values)
+            if (step + 1) % settings.log_every == 0:
+                log.info(
+                    "%s step %d/%d %s",
+                    task.stage,
+                    step + 1,
+                    settings.max_steps,
+                    " ".join(f"{n}={v:.4f}" for n, v in values.items()),
+                )
+        last = step + 1 == settings.max_steps
+        if last or (step + 1) % settings.checkpoint_every == 0:
+            if runtime.is_main:
+                _save(task, data, settings, step + 1, checkpoint_path, provenance)
+            runtime.barrier()
+    return result
+
+
+def _save(
+    task: TrainingTask,
+    data: DataSpec,
+    settings: TrainingSettings,
+    step: int,
+    path: Path,
+    provenance: dict[str, Any] | None,
+) -> None:
+    config = {
+        "data": data.to_dict(),
+        "model": task.model_config(),
+        "training": settings.to_dict(),
+        "provenance": {
+            **(provenance or {}),
+            "steps": step,
+            "medgen3d_version": __version__,
+            "torch_version": str(torch.__version__),
+            "saved": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        },
+    }
+    training = {"step": step, "state": task.state_dict()}
+    checkpoint = Checkpoint(task.stage, config, task.inference_weights(), training)
+    save_checkpoint(checkpoint, path, overwrite=True)
+
+
+def _restore(task: TrainingTask, path: Path) -> int:
+    checkpoint = load_checkpoint(path, stage=task.stage)
+    if checkpoint.training is None:
+        raise InputError("holds inference weights only; it cannot be resumed", path)
+    if checkpoint.config.get("model") != task.model_config():
+        raise InputError("was trained with a different network configuration; cannot resume", path)
+    task.load_state_dict(checkpoint.training["state"])
+    return int(checkpoint.training["step"])

@@ -1,0 +1,112 @@
+"""Train one stage end to end: recipe + data folder in, checkpoint out.
+
+This is what ``medgen3d train STAGE`` calls, under ``torchrun`` or not. Stage tasks are
+found in a fixed registry (never from a name in a file).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from medgen3d.recipe import Recipe, load_recipe
+from medgen3d.runtime import Runtime, distributed_runtime
+from medgen3d.train.bank import CaseBank
+from medgen3d.train.loop import TrainingProgress, TrainingResult, fit
+
+__all__ = ["STAGE_TASKS", "train_stage"]
+
+log = logging.getLogger(__name__)
+
+# stage -> module whose ``build_task(data, stage_recipe, runtime)`` makes its TrainingTask
+STAGE_TASKS = {
+    "masks": "medgen3d.train.masks",
+    "images": "medgen3d.train.images",
+    "refiner": "medgen3d.train.refiner",
+}
+
+
+def train_stage(
+    stage: str,
+    data_dir: str | Path,
+    recipe: Recipe | str | Path,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    max_steps: int | None = None,
+    device: str = "auto",
+    progress: TrainingProgress | None = None,
+    runtime: Runtime | None = None,
+) -> TrainingResult:
+    """Train ``stage`` of ``recipe`` on the pairs under ``data_dir``, saving to ``out``.
+
+    Args:
+        stage: ``"masks"``, ``"images"`` or ``"refiner"``.
+        data_dir: any layout :func:`medgen3d.datasets.discover_pairs` reads.
+        recipe: a :class:`Recipe` or the path of a recipe file.
+        out: checkpoint path (written periodically and at the end).
+        resume: continue from ``out``.
+        overwrite: replace ``out`` when not resuming.
+        max_steps: overrides the recipe's ``max_steps``.
+        device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
+        progress: ``progress(step, total, losses)`` on rank 0.
+        runtime: an existing runtime; by default one is opened here (joining the
+            ``torchrun`` process group when launched by it).
+    """
+    if stage not in STAGE_TASKS:
+        raise ValueError(f"unknown stage {stage!r}; expected one of {sorted(STAGE_TASKS)}")
+    recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    stage_recipe = recipe.stage(stage)
+    settings = stage_recipe.training
+    if max_steps is not None:
+        settings = dataclasses.replace(settings, max_steps=max_steps)
+    if runtime is None:
+        with distributed_runtime(device) as opened:
+            return _train(
+                stage, data_dir, recipe, settings, out, opened, resume, overwrite, progress
+            )
+    return _train(stage, data_dir, recipe, settings, out, runtime, resume, overwrite, progress)
+
+
+def _train(stage, data_dir, recipe, settings, out, runtime, resume, overwrite, progress):
+    if runtime.is_main:
+        log.info(
+            "[config] stage -> %s, device -> %s, processes -> %d",
+            stage,
+            runtime.device,
+            runtime.world_size,
+        )
+        log.info("[config] data -> %s", json.dumps(recipe.data.to_dict()))
+        log.info("[config] training -> %s", json.dumps(settings.to_dict()))
+    bank = CaseBank.from_folder(data_dir, recipe.data)
+    if runtime.is_main:
+        log.info("loaded %d cases from %s", len(bank), data_dir)
+    torch.manual_seed(settings.seed)  # identical initial weights on every rank
+    module = importlib.import_module(STAGE_TASKS[stage])
+    task = module.build_task(
+        recipe.data, dataclasses.replace(recipe.stage(stage), training=settings), runtime
+    )
+    provenance = {
+        "data": str(Path(data_dir).resolve()),
+        "cases": len(bank),
+        "recipe": None if recipe.path is None else str(recipe.path),
+        "processes": runtime.world_size,
+    }
+    return fit(
+        task,
+        bank,
+        recipe.data,
+        settings,
+        runtime,
+        out,
+        resume=resume,
+        overwrite=overwrite,
+        provenance=provenance,
+        progress=progress,
+    )
