@@ -1,0 +1,54 @@
+"""Progress of long engine work, reported by generators.
+
+Long engine functions are generators: they ``yield`` a :class:`Progress` after each unit
+of work (a denoising step, a sequence, a batch of slices) and ``return`` their result. The
+napari plugin runs them in a ``thread_worker`` (yields drive the progress bar and previews,
+``quit()`` stops between yields, the return value arrives in ``returned``); the command line
+drains them with :func:`drain`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+
+__all__ = ["Progress", "ProgressGenerator", "drain"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One report: ``done`` of ``total`` units of ``stage`` finished.
+
+    Attributes:
+        stage: ``"masks"``, ``"images"`` or ``"refiner"`` (or a caller's own name).
+        done: units finished so far within the stage.
+        total: units in the stage.
+        preview: optionally, the current estimate of the stage's output volume
+            (``(Z, H, W)``), for live display; ``None`` most of the time.
+    """
+
+    stage: str
+    done: int
+    total: int
+    preview: np.ndarray | None = None
+
+
+ProgressGenerator = Generator[Progress, None, T]
+
+
+def drain(
+    work: Generator[Progress, Any, T], callback: Callable[[Progress], None] | None = None
+) -> T:
+    """Run a progress generator to the end, passing each report to ``callback``."""
+    while True:
+        try:
+            report = next(work)
+        except StopIteration as stop:
+            return stop.value
+        if callback is not None:
+            callback(report)
