@@ -1,0 +1,131 @@
+"""The shared training loop: learning, seeded batches, exact resume, checkpoint handling."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from medgen3d.checkpoint import load_checkpoint
+from medgen3d.errors import InputError
+from medgen3d.labels import bundled_table
+from medgen3d.phantom import make_phantom
+from medgen3d.preprocessing import Preprocessing
+from medgen3d.recipe import DataSpec, TrainingSettings
+from medgen3d.runtime import Runtime
+from medgen3d.train.bank import CaseBank
+from medgen3d.train.loop import OptimisedNetwork, TrainingTask, fit, step_generator
+
+CPU = Runtime(torch.device("cpu"))
+TABLE = bundled_table("thorax_phantom")
+SPEC = DataSpec(TABLE, Preprocessing(), sequence_length=4, overlap=1)
+
+
+@pytest.fixture(scope="module")
+def bank() -> CaseBank:
+    cases = [make_phantom(seed, shape=(12, 16, 16)) for seed in range(2)]
+    return CaseBank(
+        tuple(np.clip(c.image.data / 1000, -1, 1) for c in cases),
+        tuple(TABLE.to_channels(c.label.data) for c in cases),
+        len(TABLE),
+        ("a", "b"),
+    )
+
+
+class LabelsToIntensity(TrainingTask):
+    """A one-layer network learning each label's intensity: small enough to test the loop."""
+
+    stage = "images"
+    inference_networks = ("net",)
+
+    def __init__(self, settings: TrainingSettings) -> None:
+        torch.manual_seed(settings.seed)
+        conv = torch.nn.Conv2d(len(TABLE), 1, 1)
+        self.networks = {"net": OptimisedNetwork(conv, settings, CPU)}
+
+    def make_batch(self, bank: CaseBank, batch_size: int, generator: torch.Generator):
+        return bank.sample_sequences(batch_size, 4, generator)
+
+    def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        net = self.networks["net"]
+        onehot = torch.nn.functional.one_hot(batch["label"].flatten(0, 1), len(TABLE))
+        prediction = net.model(onehot.permute(0, 3, 1, 2).float())[:, 0]
+        loss = torch.nn.functional.l1_loss(prediction, batch["image"].flatten(0, 1))
+        net.step(loss)
+        return {"l1": loss.detach()}
+
+    def model_config(self) -> dict[str, Any]:
+        return {"kind": "1x1 conv"}
+
+
+SETTINGS = TrainingSettings(
+    max_steps=40, batch_size=4, learning_rate=5e-2, checkpoint_every=10, log_every=10, ema_decay=0.9
+)
+
+
+def test_loss_falls_and_checkpoint_holds_inference_and_resume_state(
+    bank: CaseBank, tmp_path: Path
+) -> None:
+    result = fit(LabelsToIntensity(SETTINGS), bank, SPEC, SETTINGS, CPU, tmp_path / "c.pt")
+    first, last = np.mean([x["l1"] for x in result.losses[:5]]), result.losses[-1]["l1"]
+    assert last < 0.5 * first
+    checkpoint = load_checkpoint(tmp_path / "c.pt", stage="images")
+    assert checkpoint.training["step"] == 40
+    assert checkpoint.config["model"] == {"kind": "1x1 conv"}
+    assert checkpoint.config["training"]["batch_size"] == 4
+    assert DataSpec.from_dict(checkpoint.config["data"]) == SPEC
+    raw = checkpoint.training["state"]["net"]["network"]
+    # Inference weights are the EMA, which differs from the raw weights after training.
+    assert not torch.equal(checkpoint.weights["net"]["weight"], raw["weight"])
+
+
+def test_resumed_run_equals_uninterrupted_run(bank: CaseBank, tmp_path: Path) -> None:
+    fit(LabelsToIntensity(SETTINGS), bank, SPEC, SETTINGS, CPU, tmp_path / "once.pt")
+    half = dataclasses.replace(SETTINGS, max_steps=25)
+    fit(LabelsToIntensity(half), bank, SPEC, half, CPU, tmp_path / "twice.pt")
+    resumed = fit(
+        LabelsToIntensity(SETTINGS), bank, SPEC, SETTINGS, CPU, tmp_path / "twice.pt", resume=True
+    )
+    assert (resumed.start_step, resumed.end_step) == (25, 40)
+    once = load_checkpoint(tmp_path / "once.pt").training["state"]["net"]
+    twice = load_checkpoint(tmp_path / "twice.pt").training["state"]["net"]
+    for key in ("network", "ema"):
+        for name, tensor in once[key].items():
+            torch.testing.assert_close(twice[key][name], tensor, rtol=0, atol=1e-6)
+
+
+def test_step_batches_depend_only_on_seed_and_step(bank: CaseBank) -> None:
+    a = bank.sample_sequences(6, 4, step_generator(3, 17))
+    b = bank.sample_sequences(6, 4, step_generator(3, 17))
+    c = bank.sample_sequences(6, 4, step_generator(3, 18))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["image"], c["image"])
+    assert a["image"].shape == (6, 4, 16, 16) and a["label"].dtype == torch.int64
+    assert ((a["position"] >= 0) & (a["position"] <= 1)).all()
+
+
+def test_existing_checkpoint_needs_resume_or_overwrite(bank: CaseBank, tmp_path: Path) -> None:
+    short = dataclasses.replace(SETTINGS, max_steps=2)
+    fit(LabelsToIntensity(short), bank, SPEC, short, CPU, tmp_path / "c.pt")
+    with pytest.raises(InputError, match="--resume"):
+        fit(LabelsToIntensity(short), bank, SPEC, short, CPU, tmp_path / "c.pt")
+    fit(LabelsToIntensity(short), bank, SPEC, short, CPU, tmp_path / "c.pt", overwrite=True)
+
+
+def test_resume_refuses_another_network(bank: CaseBank, tmp_path: Path) -> None:
+    short = dataclasses.replace(SETTINGS, max_steps=2)
+    fit(LabelsToIntensity(short), bank, SPEC, short, CPU, tmp_path / "c.pt")
+    other = LabelsToIntensity(short)
+    other.model_config = lambda: {"kind": "something else"}
+    with pytest.raises(InputError, match="different network configuration"):
+        fit(other, bank, SPEC, short, CPU, tmp_path / "c.pt", resume=True)
+
+
+def test_batch_must_divide_over_processes(bank: CaseBank, tmp_path: Path) -> None:
+    three = Runtime(torch.device("cpu"), rank=0, world_size=3)
+    with pytest.raises(InputError, match="does not divide over 3 processes"):
+        fit(LabelsToIntensity(SETTINGS), bank, SPEC, SETTINGS, three, tmp_path / "c.pt")
