@@ -134,6 +134,43 @@ def _run_train(args: argparse.Namespace) -> None:
             bar.close()
 
 
+def _add_export(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "export",
+        help="turn generated pairs into an nnU-Net or MSD training dataset",
+        description="Write imagesTr/, labelsTr/, dataset.json (label names) and provenance/ "
+        "(each sample's sidecar JSON) from a folder of pairs.",
+    )
+    p.add_argument("--in", dest="source", required=True, help="folder of generated pairs")
+    p.add_argument("--out", required=True, help="dataset folder (absent or empty)")
+    p.add_argument("--format", required=True, choices=("nnunet", "msd"))
+    p.add_argument("--labels", help="label table file (default: from the sidecar JSON)")
+    p.add_argument("--name", default="MedGen3DSynthetic", help="dataset name in dataset.json")
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty folder")
+    p.set_defaults(run=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> None:
+    from medgen3d.export import export_dataset
+    from medgen3d.labels import LabelTable
+
+    table = LabelTable.read(args.labels) if args.labels else None
+    progress, close = tqdm_progress("export")
+    try:
+        manifest = export_dataset(
+            args.source,
+            args.out,
+            args.format,
+            table=table,
+            name=args.name,
+            overwrite=args.overwrite,
+            progress=progress,
+        )
+    finally:
+        close()
+    log.info("wrote %s", manifest)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medgen3d",
@@ -144,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_phantom(subparsers)
     _add_train(subparsers)
+    _add_export(subparsers)
     return parser
 
 
