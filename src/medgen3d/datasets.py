@@ -108,10 +108,10 @@ def _msd_or_nnunet(root: Path) -> list[CasePaths]:
     for image in _nifti_files(images_dir):
         stem = _strip_nifti_suffix(image.name)
         case, channel = _split_nnunet_channel(stem)
-        if channel not in (None, "0000"):
-            continue  # further nnU-Net modalities: the models use channel 0000 only
-        if stem in labels:
+        if stem in labels:  # MSD, checked first: case ids such as "case_0001" look like channels
             pairs.append(CasePaths(stem, image, labels[stem]))
+        elif channel not in (None, "0000"):
+            continue  # further nnU-Net modalities: the models use channel 0000 only
         elif case in labels:
             pairs.append(CasePaths(case, image, labels[case]))
         else:

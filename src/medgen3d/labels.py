@@ -162,7 +162,7 @@ class LabelTable:
             )
         lookup = np.zeros(max(present) + 1, dtype=np.uint16)
         for src, dst in mapping.items():
-            if src <= max(present):
+            if 0 <= src <= max(present):  # a negative key would index from the end
                 lookup[src] = dst
         return lookup[labels].astype(np.uint8 if max(self.values) <= 255 else np.uint16)
 

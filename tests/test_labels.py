@@ -1,0 +1,186 @@
+"""Label tables: text format, bundled tables, channel conversion, checks and remapping."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medgen3d.errors import InputError
+from medgen3d.labels import Label, LabelTable, bundled_table
+
+TABLE_TEXT = """\
+# value  name   colour
+0   background  #000000
+2   right_lung  #4f9fd0   free text after the colour
+7   heart
+
+# a comment between entries
+300 vessel #ABCDEF
+"""
+
+
+@pytest.fixture
+def sparse_table() -> LabelTable:
+    """Non-contiguous values, one above 255."""
+    return LabelTable.from_text(TABLE_TEXT, "sparse.txt")
+
+
+def test_parse_reads_values_names_and_colours(sparse_table):
+    assert sparse_table.values == (0, 2, 7, 300)
+    assert sparse_table.names == ("background", "right_lung", "heart", "vessel")
+    colours = [label.colour for label in sparse_table.labels]
+    assert colours[0] == "#000000"
+    assert colours[1] == "#4f9fd0"
+    assert colours[3] == "#ABCDEF"
+    # A missing colour is filled from the palette, distinct from the others here.
+    assert colours[2].startswith("#")
+    assert len(colours[2]) == 7
+    assert colours[2] not in ("#000000", "#4f9fd0")
+    assert len(sparse_table) == 4
+    assert sparse_table.value_of("heart") == 7
+    with pytest.raises(KeyError, match="spleen"):
+        sparse_table.value_of("spleen")
+
+
+def test_text_round_trip(sparse_table):
+    text = sparse_table.to_text()
+    again = LabelTable.from_text(text, "again.txt")
+    assert again == sparse_table
+    assert again.to_text() == text
+
+
+def test_dict_round_trip(sparse_table):
+    d = sparse_table.to_dict()
+    assert d["values"] == [0, 2, 7, 300]
+    assert LabelTable.from_dict(d) == sparse_table
+
+
+def test_read_from_file(tmp_path, sparse_table):
+    path = tmp_path / "table.txt"
+    path.write_text(sparse_table.to_text())
+    assert LabelTable.read(path) == sparse_table
+
+
+def test_read_missing_file_names_it(tmp_path):
+    path = tmp_path / "absent.txt"
+    with pytest.raises(InputError) as excinfo:
+        LabelTable.read(path)
+    assert excinfo.value.path == path
+    assert "absent.txt" in str(excinfo.value)
+
+
+def test_rgba():
+    assert Label(1, "x", "#ff8000").rgba == pytest.approx((1.0, 128 / 255, 0.0, 1.0))
+
+
+def test_bundled_thorax_phantom():
+    table = bundled_table("thorax_phantom")
+    assert len(table) == 9
+    assert table.values == tuple(range(9))
+    assert table.names[0] == "background"
+    assert table.value_of("heart") == 4
+    assert table.value_of("left_lung") == 3
+    assert table.value_of("right_lung") == 2
+    assert table.value_of("spine") == 8
+    assert all(len(label.colour) == 7 for label in table.labels)
+    assert LabelTable.from_text(table.to_text()) == table
+
+
+def test_channels_round_trip_with_a_non_contiguous_table(sparse_table):
+    labels = np.random.default_rng(0).choice(np.array([0, 2, 7, 300], np.uint16), (5, 6, 7))
+    channels = sparse_table.to_channels(labels)
+    assert channels.dtype == np.uint8
+    assert channels.shape == labels.shape
+    assert set(np.unique(channels).tolist()) == {0, 1, 2, 3}
+    np.testing.assert_array_equal(channels[labels == 300], 3)
+    np.testing.assert_array_equal(channels[labels == 7], 2)
+    back = sparse_table.from_channels(channels)
+    assert back.dtype == np.uint16
+    np.testing.assert_array_equal(back, labels)
+
+
+def test_from_channels_uses_uint8_for_small_tables():
+    table = bundled_table("thorax_phantom")
+    channels = np.arange(9, dtype=np.uint8).reshape(3, 3)
+    back = table.from_channels(channels)
+    assert back.dtype == np.uint8
+    np.testing.assert_array_equal(back, channels)
+
+
+def test_check_values_names_the_file_and_the_unknown_values(sparse_table):
+    labels = np.array([[0, 2, 5], [9, 7, 5]], np.uint16)
+    with pytest.raises(InputError) as excinfo:
+        sparse_table.check_values(labels, "case_01/label.nii.gz")
+    message = str(excinfo.value)
+    assert "label.nii.gz" in message
+    assert "5, 9" in message
+    assert excinfo.value.path is not None
+    assert excinfo.value.path.name == "label.nii.gz"
+    with pytest.raises(InputError):
+        sparse_table.to_channels(labels, "case_01/label.nii.gz")
+    sparse_table.check_values(np.array([0, 300, 2], np.uint16))  # all known: no error
+
+
+def test_remap_translates_values(sparse_table):
+    labels = np.array([[0, 10, 11], [12, 10, 0]], np.uint8)
+    out = sparse_table.remap(labels, {0: 0, 10: 2, 11: 300, 12: 0, 99: 7}, "ds/label.nii.gz")
+    np.testing.assert_array_equal(out, [[0, 2, 300], [0, 2, 0]])
+    assert out.dtype == np.uint16  # the table has a value above 255
+    small = bundled_table("thorax_phantom").remap(labels, {0: 0, 10: 3, 11: 2, 12: 6})
+    assert small.dtype == np.uint8
+    np.testing.assert_array_equal(small, [[0, 3, 2], [6, 3, 0]])
+
+
+def test_remap_rejects_unmapped_values_naming_the_source(sparse_table):
+    labels = np.array([0, 10, 11, 12], np.uint8)
+    with pytest.raises(InputError) as excinfo:
+        sparse_table.remap(labels, {0: 0, 10: 2}, "ds/label.nii.gz")
+    message = str(excinfo.value)
+    assert "label.nii.gz" in message
+    assert "11, 12" in message
+
+
+def test_remap_rejects_targets_outside_the_table(sparse_table):
+    with pytest.raises(InputError, match="5"):
+        sparse_table.remap(np.array([0, 1], np.uint8), {0: 0, 1: 5})
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ("0 background\nfoo bar\n", 2),
+        ("# header\n0 background\n\n-1 negative\n", 4),
+        ("0 background\n1\n", 2),
+        ("0 background\n1.5 half\n", 2),
+    ],
+)
+def test_parse_errors_name_the_file_and_the_line(text, line):
+    with pytest.raises(InputError) as excinfo:
+        LabelTable.from_text(text, "my_table.txt")
+    message = str(excinfo.value)
+    assert "my_table.txt" in message
+    assert f"line {line}" in message
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("0 background\n2 a\n2 b\n", "repeat"),
+        ("0 background\n1 lung\n2 lung\n", "repeat"),
+        ("1 lung\n0 background\n", "background"),
+        ("# nothing\n", "background"),
+    ],
+)
+def test_invalid_tables_are_rejected_naming_the_file(text, words):
+    with pytest.raises(InputError) as excinfo:
+        LabelTable.from_text(text, "bad.txt")
+    assert "bad.txt" in str(excinfo.value)
+    assert words in str(excinfo.value)
+
+
+def test_remap_ignores_keys_absent_from_the_volume():
+    table = bundled_table("thorax_phantom")
+    labels = np.array([0, 12, 12], np.uint8)
+    # Keys that do not occur (negative, or above the largest value) change nothing.
+    out = table.remap(labels, {0: 0, 12: 6, -1: 0, 500: 1})
+    np.testing.assert_array_equal(out, [0, 6, 6])
