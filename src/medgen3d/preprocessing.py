@@ -67,6 +67,11 @@ class IntensityWindow:
             return unit.astype(np.float32)
         return (self.low + unit * (self.high - self.low)).astype(np.float32)
 
+    def to_model(self, physical: np.ndarray) -> np.ndarray:
+        """Inverse of :meth:`to_physical`: HU (CT) or ``[0, 1]`` (MRI) to ``[-1, 1]``."""
+        unit = (physical - self.low) / (self.high - self.low) if self.modality == "ct" else physical
+        return (np.clip(unit, 0.0, 1.0) * 2.0 - 1.0).astype(np.float32)
+
     @property
     def background(self) -> float:
         """The normalised value of empty space (air), used to pad images."""
