@@ -1,10 +1,11 @@
 """The diffusion process shared by the mask model (MC-DPM) and the refiner.
 
 Thin glue over ``monai.networks.schedulers``: a :class:`Diffusion` says how a network was
-trained (``"ddpm"``: predict the noise; ``"rflow"``: predict the velocity
-``x0 - noise`` of a rectified flow) and gives, per call, a :class:`SamplingSchedule` for a
-sampler and a number of steps. A DDPM-trained network samples with DDPM or DDIM; a
-rectified-flow network with the rectified-flow sampler.
+trained (``"ddpm"``: predict the noise; ``"x0"``: the same noise schedule, predict the clean
+sample; ``"rflow"``: predict the velocity ``x0 - noise`` of a rectified flow) and gives, per
+call, a :class:`SamplingSchedule` for a sampler and a number of steps. A DDPM-trained
+network (either prediction) samples with DDPM or DDIM; a rectified-flow network with the
+rectified-flow sampler.
 
 :meth:`Diffusion.denoise` is an iterator that yields after every step, so callers show
 progress, preview, or stop between steps, and can edit the sample between steps (the mask
@@ -26,9 +27,9 @@ from medgen3d.errors import InputError
 
 __all__ = ["OBJECTIVES", "SAMPLERS", "DenoiseStep", "Diffusion", "SamplingSchedule"]
 
-OBJECTIVES = ("ddpm", "rflow")
+OBJECTIVES = ("ddpm", "x0", "rflow")
 SAMPLERS = ("ddpm", "ddim", "rflow")
-_SAMPLERS_FOR = {"ddpm": ("ddpm", "ddim"), "rflow": ("rflow",)}
+_SAMPLERS_FOR = {"ddpm": ("ddpm", "ddim"), "x0": ("ddpm", "ddim"), "rflow": ("rflow",)}
 
 Predict = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -58,7 +59,9 @@ class Diffusion:
     """A training objective and its noise schedule.
 
     Attributes:
-        objective: ``"ddpm"`` (epsilon prediction) or ``"rflow"`` (velocity prediction).
+        objective: ``"ddpm"`` (epsilon prediction), ``"x0"`` (clean-sample prediction on
+            the DDPM schedule: the network need not carry the noise through, which suits
+            narrow networks with many input channels) or ``"rflow"`` (velocity prediction).
         num_train_timesteps: ``T``.
         schedule: MONAI beta schedule name (DDPM only).
     """
@@ -92,8 +95,8 @@ class Diffusion:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The noisy input at ``timesteps`` and the regression target of the objective."""
         noisy = self._make_scheduler(self.objective).add_noise(clean, noise, timesteps)
-        target = noise if self.objective == "ddpm" else clean - noise
-        return noisy, target
+        targets = {"ddpm": noise, "x0": clean, "rflow": clean - noise}
+        return noisy, targets[self.objective]
 
     # ---- sampling -----------------------------------------------------------------------
     def sampler(
@@ -176,4 +179,10 @@ class Diffusion:
         if name == "rflow":
             return RFlowScheduler(self.num_train_timesteps, use_discrete_timesteps=True)
         kind = DDIMScheduler if name == "ddim" else DDPMScheduler
-        return kind(self.num_train_timesteps, schedule=self.schedule, clip_sample=True)
+        prediction = "sample" if self.objective == "x0" else "epsilon"
+        return kind(
+            self.num_train_timesteps,
+            schedule=self.schedule,
+            clip_sample=True,
+            prediction_type=prediction,
+        )

@@ -1,0 +1,144 @@
+"""Training of MC-DPM, the mask-sequence diffusion model.
+
+Every batch item gets its own condition pattern, drawn from the step's generator, so one
+network learns every way the sampler uses it (MCVD-style random masking of conditions):
+
+* **known slices**: none (start a volume), the first ``n`` or the last ``n`` (extend from a
+  neighbour; ``n = k`` half of the time, otherwise any ``1 .. L-1``, because the last
+  sequence of a volume whose depth is not aligned to the stride shares more than ``k``
+  slices), both ends, or a scattered subset (slices a user painted);
+* **position**: replaced by :data:`~medgen3d.models.mask_diffusion.NO_POSITION` with
+  probability ``position_dropout``, so the model also generates without it.
+
+Known slices enter the noisy input exactly as the sampler pins them (their clean values
+noised to the step's level), and the loss leaves them out: their target is given away by
+the condition channels, and the capacity is better spent on the slices the sampler keeps.
+The loss is averaged per sequence first, so the mean over a ``torchrun`` shard, averaged
+over shards of equal size, is the mean over the global batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from medgen3d.errors import InputError
+from medgen3d.models.mask_diffusion import NO_POSITION, MaskDiffusionModel, labels_to_signal
+from medgen3d.recipe import DataSpec, StageRecipe, TrainingSettings
+from medgen3d.runtime import Runtime
+from medgen3d.train.bank import CaseBank
+from medgen3d.train.loop import OptimisedNetwork, TrainingTask
+
+__all__ = ["PATTERNS", "MaskTask", "build_task", "draw_known_slices", "masked_mse"]
+
+# Condition patterns and how often each is drawn.
+PATTERNS = {"none": 0.2, "first": 0.25, "last": 0.25, "both_ends": 0.1, "scattered": 0.2}
+
+
+def build_task(data: DataSpec, stage: StageRecipe, runtime: Runtime) -> MaskTask:
+    """The ``masks`` stage's task, as :func:`medgen3d.train.run.train_stage` needs it.
+
+    Raises:
+        InputError: when the recipe's ``masks.model`` section is invalid.
+    """
+    try:
+        model = MaskDiffusionModel.build(data, stage.model)
+    except ValueError as exc:
+        raise InputError(f"masks.model: {exc}") from exc
+    return MaskTask(model, stage.training, runtime)
+
+
+class MaskTask(TrainingTask):
+    """Trains one :class:`MaskDiffusionModel` on sequences from a :class:`CaseBank`."""
+
+    stage = "masks"
+    inference_networks = ("network",)
+
+    def __init__(
+        self, model: MaskDiffusionModel, settings: TrainingSettings, runtime: Runtime
+    ) -> None:
+        if model.length < 2:
+            raise InputError("MC-DPM needs sequences of at least 2 slices (data.sequence_length)")
+        self.model = model
+        self.networks = {"network": OptimisedNetwork(model.network, settings, runtime)}
+
+    def make_batch(
+        self, bank: CaseBank, batch_size: int, generator: torch.Generator
+    ) -> dict[str, torch.Tensor]:
+        model = self.model
+        if bank.num_classes != model.num_classes:
+            raise InputError(
+                f"the data has {bank.num_classes} label channels, the model {model.num_classes}"
+            )
+        drawn = bank.sample_sequences(batch_size, model.length, generator)
+        clean = labels_to_signal(drawn["label"], model.num_classes)
+        dropped = torch.rand(batch_size, generator=generator) < model.config["position_dropout"]
+        return {
+            "clean": clean,
+            "noise": torch.randn(clean.shape, generator=generator),
+            "timesteps": model.diffusion.sample_timesteps(batch_size, generator),
+            "known": draw_known_slices(batch_size, model.length, model.overlap, generator),
+            "position": torch.where(dropped, NO_POSITION, drawn["position"]),
+        }
+
+    def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        net = self.networks["network"]
+        clean, known = batch["clean"], batch["known"]
+        noisy, target = self.model.diffusion.training_pair(
+            clean, batch["noise"], batch["timesteps"]
+        )
+        with net.autocast():
+            prediction = net.model(noisy, batch["timesteps"], clean, known, batch["position"])
+        loss = masked_mse(prediction.float(), target, ~known)
+        net.step(loss)
+        return {"mse": loss.detach()}
+
+    def model_config(self) -> dict[str, Any]:
+        return self.model.config
+
+
+def draw_known_slices(
+    batch_size: int, length: int, overlap: int, generator: torch.Generator
+) -> torch.Tensor:
+    """One condition pattern of :data:`PATTERNS` per item, as ``(B, L)`` bool known flags.
+
+    Every random number is drawn for every item whatever its pattern, so the number of
+    draws from ``generator`` (and hence the rest of the batch) never depends on them.
+    At least one slice is always left unknown.
+    """
+    weights = torch.tensor(list(PATTERNS.values()))
+    pattern = torch.multinomial(weights, batch_size, replacement=True, generator=generator)
+    index = torch.arange(length)[None]
+    any_count = torch.randint(1, length, (batch_size,), generator=generator)
+    use_overlap = torch.rand(batch_size, generator=generator) < 0.5
+    count = torch.where(use_overlap & (overlap > 0), overlap, any_count)[:, None]
+    end_count = count.clamp(max=(length - 1) // 2)
+    density = 0.5 * torch.rand(batch_size, 1, generator=generator)
+    scattered = torch.rand(batch_size, length, generator=generator) < density
+    scattered &= ~scattered.all(dim=1, keepdim=True)
+    options = torch.stack(
+        [
+            torch.zeros(batch_size, length, dtype=torch.bool),
+            index < count,
+            index >= length - count,
+            (index < end_count) | (index >= length - end_count),
+            scattered,
+        ],
+        dim=1,
+    )
+    return options[torch.arange(batch_size), pattern]
+
+
+def masked_mse(
+    prediction: torch.Tensor, target: torch.Tensor, weight: torch.Tensor
+) -> torch.Tensor:
+    """Mean squared error over the slices where ``weight`` ``(B, L)`` is true.
+
+    Averaged within each sequence first, then over the batch, so shards of equal size
+    average to the global mean.
+    """
+    mask = weight.to(prediction.dtype)[:, None, :, None, None]
+    squared = (prediction - target) ** 2 * mask
+    per_item = squared.flatten(1).sum(1) / (mask.expand_as(squared).flatten(1).sum(1)).clamp(min=1)
+    return per_item.mean()

@@ -1,0 +1,153 @@
+"""MC-DPM network: shapes in both layouts, config checks, the position condition, checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from medgen3d.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from medgen3d.diffusion import Diffusion
+from medgen3d.labels import bundled_table
+from medgen3d.models.mask_diffusion import (
+    NO_POSITION,
+    MaskDiffusionModel,
+    check_config,
+    labels_to_signal,
+)
+from medgen3d.preprocessing import Preprocessing
+from medgen3d.recipe import DataSpec
+
+TABLE = bundled_table("thorax_phantom")
+DATA = DataSpec(TABLE, Preprocessing(size=(8, 8)), sequence_length=4, overlap=1)
+TINY = {"channels": [8, 8], "attention_levels": [False, False], "norm_num_groups": 4}
+
+
+def _inputs(batch: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(len(TABLE), (batch, 4, 8, 8), generator=g)
+    return {
+        "x": torch.randn(batch, len(TABLE), 4, 8, 8, generator=g),
+        "timesteps": torch.randint(1000, (batch,), generator=g),
+        "known_values": labels_to_signal(labels, len(TABLE)),
+        "known": torch.tensor([[True, False, False, True]] * batch),
+        "position": torch.rand(batch, generator=g),
+    }
+
+
+def _build(layout: str = "2d", data: DataSpec = DATA) -> MaskDiffusionModel:
+    """A tiny model with every weight random: MONAI zero-initialises the output layer,
+    which would make every comparison of outputs trivially equal."""
+    torch.manual_seed(0)
+    model = MaskDiffusionModel.build(data, {**TINY, "layout": layout})
+    with torch.no_grad():
+        for parameter in model.network.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+    return model
+
+
+def _predict(model: MaskDiffusionModel, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    with torch.no_grad():
+        return model.network(**inputs)
+
+
+@pytest.mark.parametrize("layout", ["2d", "3d"])
+def test_both_layouts_map_sequences_to_sequences(layout: str) -> None:
+    model = _build(layout)
+    inputs = _inputs()
+    out = _predict(model, inputs)
+    assert out.shape == inputs["x"].shape
+    assert torch.isfinite(out).all()
+    assert (model.num_classes, model.length, model.overlap, model.size) == (9, 4, 1, (8, 8))
+
+
+def test_labels_to_signal_is_one_hot_in_minus_one_to_one() -> None:
+    labels = torch.tensor([[[[0, 2]]]])  # (B, L, H, W) = (1, 1, 1, 2)
+    signal = labels_to_signal(labels, 3)
+    assert signal.shape == (1, 3, 1, 1, 2)
+    assert signal[0, :, 0, 0, 0].tolist() == [1.0, -1.0, -1.0]
+    assert signal[0, :, 0, 0, 1].tolist() == [-1.0, -1.0, 1.0]
+
+
+def test_config_is_resolved_with_defaults_and_round_trips() -> None:
+    resolved = check_config(TINY)
+    assert resolved["layout"] == "2d" and resolved["diffusion"]["objective"] == "x0"
+    assert check_config(resolved) == resolved
+
+
+@pytest.mark.parametrize(
+    ("config", "key"),
+    [
+        ({"chanels": [8]}, "chanels"),
+        ({"layout": "4d"}, "layout"),
+        ({"channels": [8, 8], "attention_levels": [False]}, "attention_levels"),
+        ({"channels": [8, 10], "attention_levels": [False, False]}, "norm_num_groups"),
+        ({"norm_num_groups": 8}, "norm_num_groups"),
+        ({"num_res_blocks": [1, 1, 1]}, "num_res_blocks"),
+        ({"position_dropout": 2.0}, "position_dropout"),
+        ({"diffusion": {"objective": "magic"}}, "objective"),
+        ({"diffusion": {"steps": 10}}, "diffusion"),
+    ],
+)
+def test_bad_config_names_the_key(config: dict, key: str) -> None:
+    with pytest.raises(ValueError, match=key):
+        MaskDiffusionModel.build(DATA, {**TINY, **config})
+
+
+def test_grid_must_divide_by_the_downsampling() -> None:
+    odd = DataSpec(TABLE, Preprocessing(size=(10, 10)), sequence_length=4, overlap=1)
+    deep = {**TINY, "channels": [8, 8, 8], "attention_levels": [False] * 3}
+    with pytest.raises(ValueError, match=r"data\.size"):
+        MaskDiffusionModel.build(odd, deep)
+    short = DataSpec(TABLE, Preprocessing(size=(8, 8)), sequence_length=6, overlap=1)
+    with pytest.raises(ValueError, match=r"data\.sequence_length"):
+        MaskDiffusionModel.build(short, {**deep, "layout": "3d"})
+
+
+@pytest.mark.parametrize("layout", ["2d", "3d"])
+def test_position_and_known_slices_change_the_output(layout: str) -> None:
+    model = _build(layout)
+    inputs = _inputs()
+    base = _predict(model, inputs)
+    moved = _predict(model, {**inputs, "position": 1.0 - inputs["position"]})
+    dropped = _predict(model, {**inputs, "position": torch.full((2,), NO_POSITION)})
+    unknown = _predict(model, {**inputs, "known": torch.zeros(2, 4, dtype=torch.bool)})
+    for other in (moved, dropped, unknown):
+        assert not torch.allclose(base, other, atol=1e-5)
+
+
+def test_values_of_unknown_slices_are_ignored() -> None:
+    model = _build()
+    inputs = _inputs()
+    scrambled = inputs["known_values"].clone()
+    scrambled[:, :, 1:3] = torch.randn_like(scrambled[:, :, 1:3])
+    torch.testing.assert_close(
+        _predict(model, inputs), _predict(model, {**inputs, "known_values": scrambled})
+    )
+
+
+@pytest.mark.parametrize("layout", ["2d", "3d"])
+def test_checkpoint_round_trip_gives_identical_outputs(layout: str, tmp_path: Path) -> None:
+    model = _build(layout)
+    config = {"data": DATA.to_dict(), "model": model.config}
+    weights = {"network": model.network.state_dict()}
+    save_checkpoint(Checkpoint("masks", config, weights), tmp_path / "m.pt")
+    loaded = MaskDiffusionModel.from_checkpoint(load_checkpoint(tmp_path / "m.pt", "masks"), "cpu")
+    inputs = _inputs()
+    model.network.eval()
+    assert torch.equal(_predict(model, inputs), _predict(loaded, inputs))
+    assert loaded.config == model.config and loaded.diffusion == model.diffusion
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+def test_x0_objective_samples_the_predicted_clean_sequence(sampler: str) -> None:
+    """With a perfect clean-sample predictor, sampling lands on the clean sequence."""
+    diffusion = Diffusion(objective="x0", num_train_timesteps=50)
+    clean = labels_to_signal(torch.randint(len(TABLE), (1, 4, 8, 8)), len(TABLE))
+    noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(0))
+    noisy, target = diffusion.training_pair(clean, noise, torch.tensor([30]))
+    assert torch.equal(target, clean) and not torch.allclose(noisy, clean)
+    steps = diffusion.denoise(lambda x, t: clean, noise, diffusion.sampler(sampler, 10))
+    *_, last = steps
+    torch.testing.assert_close(last.sample, clean, atol=1e-3, rtol=0)

@@ -1,0 +1,195 @@
+"""Whole-volume mask assembly: seeded slices, extension in both directions, reproducibility."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from medgen3d.errors import InputError
+from medgen3d.labels import bundled_table
+from medgen3d.models.mask_diffusion import MaskDiffusionModel
+from medgen3d.preprocessing import Preprocessing
+from medgen3d.progress import Progress, drain
+from medgen3d.recipe import DataSpec
+from medgen3d.sampling import generation_order, sample_mask_volume
+from medgen3d.sequences import relative_position, sequence_starts
+
+TABLE = bundled_table("thorax_phantom")
+DATA = DataSpec(TABLE, Preprocessing(size=(8, 8)), sequence_length=4, overlap=1)
+CONFIG = {"channels": [8, 8], "attention_levels": [False, False], "norm_num_groups": 4}
+STEPS = 3
+
+
+class Spy(torch.nn.Module):
+    """Records the known-slice flags and position of every network call."""
+
+    def __init__(self, network: torch.nn.Module) -> None:
+        super().__init__()
+        self.network = network
+        self.calls: list[tuple[np.ndarray, float]] = []
+
+    def forward(self, x, timesteps, known_values, known, position):
+        self.calls.append((known[0].cpu().numpy().copy(), float(position[0])))
+        return self.network(x, timesteps, known_values, known, position)
+
+
+@pytest.fixture(scope="module")
+def model() -> MaskDiffusionModel:
+    """A tiny untrained model with random weights everywhere (MONAI zero-initialises the
+    output layer, which would make every sample the same)."""
+    torch.manual_seed(0)
+    model = MaskDiffusionModel.build(DATA, CONFIG)
+    with torch.no_grad():
+        for parameter in model.network.parameters():
+            parameter.add_(0.3 * torch.randn_like(parameter))
+    model.network.eval()
+    return model
+
+
+def _sample(model: MaskDiffusionModel, depth: int, **kwargs) -> np.ndarray:
+    return drain(
+        sample_mask_volume(model, depth, seed=kwargs.pop("seed", 0), steps=STEPS, **kwargs)
+    )
+
+
+def _seeds(depth: int, rows: list[int], seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, len(TABLE), (depth, 8, 8)).astype(np.uint8)
+    known = np.zeros(depth, dtype=bool)
+    known[rows] = True
+    return labels, known
+
+
+@pytest.mark.parametrize(
+    ("depth", "rows"),
+    [(13, [0, 12]), (13, [2, 5, 6, 11]), (4, [1, 2]), (9, [3])],
+)
+def test_seeded_slices_come_back_bit_identical(
+    model: MaskDiffusionModel, depth: int, rows: list[int]
+) -> None:
+    labels, known = _seeds(depth, rows)
+    out = _sample(model, depth, known_labels=labels, known=known)
+    assert out.shape == (depth, 8, 8) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out[known], labels[known])
+    assert not np.array_equal(out[~known], labels[~known])
+
+
+@pytest.mark.parametrize("depth", [4, 8, 13])  # 8: the last sequence is shifted
+def test_extension_covers_any_depth_and_conditions_on_neighbours(
+    model: MaskDiffusionModel, depth: int
+) -> None:
+    spy = Spy(model.network)
+    reports = []
+    out = drain(
+        sample_mask_volume(dataclasses.replace(model, network=spy), depth, seed=0, steps=STEPS),
+        reports.append,
+    )
+    assert out.shape == (depth, 8, 8)
+    starts = sequence_starts(depth, 4, 1)
+    order = generation_order(depth, 4, 1)
+    assert sorted(order) == starts
+    assert [r.done for r in reports] == list(range(1, len(starts) * STEPS + 1))
+    assert all(isinstance(r, Progress) and r.total == len(starts) * STEPS for r in reports)
+    # one preview per finished sequence, the last one the result itself
+    previews = [r.preview for r in reports if r.preview is not None]
+    assert len(previews) == len(starts)
+    np.testing.assert_array_equal(previews[-1], out)
+    # every sequence sees exactly the slices generated before it as known, and its position
+    generated = np.zeros(depth, dtype=bool)
+    for n, start in enumerate(order):
+        for known, position in spy.calls[n * STEPS : (n + 1) * STEPS]:
+            np.testing.assert_array_equal(known, generated[start : start + 4])
+            assert position == pytest.approx(relative_position(start, depth, 4))
+        if n > 0:
+            assert known.sum() >= 1  # the neighbour's overlap
+        generated[start : start + 4] = True
+
+
+def test_generation_starts_in_the_middle_then_goes_down_and_up() -> None:
+    # depth 13, L=4, k=1: starts 0, 3, 6, 9
+    assert generation_order(13, 4, 1) == [3, 0, 6, 9]  # a tie: the lower one
+    assert generation_order(13, 4, 1, start_position=0.0) == [0, 3, 6, 9]
+    assert generation_order(13, 4, 1, start_position=1.0) == [9, 6, 3, 0]
+    seeded = np.zeros(13, dtype=bool)
+    seeded[[1, 2]] = True
+    assert generation_order(13, 4, 1, seeded) == [0, 3, 6, 9]
+
+
+def test_preview_every_step_shows_the_current_estimate(model: MaskDiffusionModel) -> None:
+    labels, known = _seeds(8, [0, 7])
+    reports = []
+    out = drain(
+        sample_mask_volume(
+            model, 8, seed=0, steps=STEPS, known_labels=labels, known=known, preview_every=1
+        ),
+        reports.append,
+    )
+    assert all(r.preview is not None for r in reports)
+    for r in reports:
+        np.testing.assert_array_equal(r.preview[known], labels[known])
+    np.testing.assert_array_equal(reports[-1].preview, out)
+
+
+def test_same_seed_same_volume_and_different_seed_differs(model: MaskDiffusionModel) -> None:
+    first = _sample(model, 10, seed=3)
+    np.testing.assert_array_equal(first, _sample(model, 10, seed=3))
+    assert not np.array_equal(first, _sample(model, 10, seed=4))
+
+
+def test_ddpm_sampler_runs_every_training_step(model: MaskDiffusionModel) -> None:
+    short = dataclasses.replace(
+        model, diffusion=dataclasses.replace(model.diffusion, num_train_timesteps=5)
+    )
+    reports = []
+    out = drain(sample_mask_volume(short, 4, seed=0, sampler="ddpm"), reports.append)
+    assert out.shape == (4, 8, 8) and len(reports) == 5
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"depth": 3}, "depth"),
+        ({"depth": 4.0}, "depth"),
+        ({"depth": 8, "seed": -1}, "seed"),
+        ({"depth": 8, "start_position": 1.5}, "start_position"),
+        ({"depth": 8, "sampler": "rflow"}, "rflow"),
+        ({"depth": 8, "known": np.ones(8, dtype=bool)}, "both"),
+        (
+            {"depth": 8, "known_labels": np.zeros((8, 8, 8), np.uint8), "known": np.ones(7, bool)},
+            "known",
+        ),
+        (
+            {
+                "depth": 8,
+                "known_labels": np.full((8, 8, 8), 9, np.uint8),
+                "known": np.ones(8, bool),
+            },
+            "channels",
+        ),
+        (
+            {
+                "depth": 8,
+                "known_labels": np.zeros((8, 8, 8), np.uint8),
+                "known": np.ones(8, bool),
+                "size": (4, 4),
+            },
+            "size",
+        ),
+    ],
+)
+def test_bad_requests_are_input_errors(
+    model: MaskDiffusionModel, kwargs: dict, message: str
+) -> None:
+    depth = kwargs.pop("depth")
+    with pytest.raises(InputError, match=message):
+        drain(sample_mask_volume(model, depth, seed=kwargs.pop("seed", 0), steps=STEPS, **kwargs))
+
+
+def test_size_is_needed_when_the_model_has_none(model: MaskDiffusionModel) -> None:
+    free = dataclasses.replace(model, size=None)
+    with pytest.raises(InputError, match="size"):
+        drain(sample_mask_volume(free, 4, seed=0, steps=STEPS))
+    assert _sample(free, 4, size=(16, 8)).shape == (4, 16, 8)
