@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH ?= torch==2.13.0
 XVFB := $(shell command -v xvfb-run 2>/dev/null)
 
-.PHONY: demo test lint clean
+.PHONY: demo demo-model test lint clean
 
 $(STAMP): setup.cfg pyproject.toml
 	python3 -m venv $(VENV)
@@ -16,20 +16,33 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install --quiet -e ".[testing]"
 	touch $@
 
+# The main job: one pair from the bundled demo model on the command line, then napari with
+# the pair and the MedGen3D widget (demo model selected, ready to generate more).
 demo: $(STAMP)
-	$(VENV)/bin/medgen3d phantom --out out/phantoms -n 4 --seed 0
+	$(VENV)/bin/medgen3d generate --model demo --out out/demo -n 1 --seed 0 --overwrite
+ifdef DISPLAY
+	$(VENV)/bin/napari -w napari-medgen3d -- out/demo/sample_0000_image.nii.gz out/demo/sample_0000_label.nii.gz
+else
+	@echo "No display: wrote out/demo/; open it with napari -w napari-medgen3d on a desktop."
+endif
+
+# Retrain the demo model (resumable; see resources/recipes/demo_phantom.json).
+demo-model: $(STAMP)
+	scripts/build_demo_model.sh
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
-	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks scripts
+	$(VENV)/bin/ruff format --check src tests benchmarks scripts
 
 # GUI tests need an OpenGL context: run under Xvfb when it is installed, otherwise skip them.
+# One torch thread per process: the tiny test models gain nothing from more, and torchrun
+# tests start two processes on two cores.
 test: $(STAMP) lint
 ifdef XVFB
-	xvfb-run -a $(VENV)/bin/pytest
+	OMP_NUM_THREADS=1 xvfb-run -a $(VENV)/bin/pytest
 else
 	@echo "xvfb-run not found: GUI tests deselected (apt-get install xvfb to run them)"
-	$(VENV)/bin/pytest -m "not gui"
+	OMP_NUM_THREADS=1 $(VENV)/bin/pytest -m "not gui"
 endif
 
 clean:

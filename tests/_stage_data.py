@@ -7,7 +7,7 @@ from typing import Any
 
 from medgen3d.labels import bundled_table
 from medgen3d.phantom import write_phantoms
-from medgen3d.preprocessing import Preprocessing
+from medgen3d.preprocessing import IntensityWindow, Preprocessing
 from medgen3d.recipe import DataSpec, Recipe, StageRecipe, TrainingSettings
 
 PHANTOM_SHAPE = (24, 32, 32)
@@ -40,3 +40,42 @@ def write_small_phantoms(folder: Path, n: int = 3, seed: int = 0) -> Path:
 def recipe(stage: str, model: dict[str, Any], **training: Any) -> Recipe:
     settings = TrainingSettings(**{"amp": False, "log_every": 1000, **training})
     return Recipe(phantom_spec(), {stage: StageRecipe(model, settings)})
+
+
+# A model grid unlike any file's: 3 mm slices, 2 mm pixels, 16x16 in-plane.
+TINY_DATA = DataSpec(
+    bundled_table("thorax_phantom"),
+    Preprocessing((3.0, 2.0, 2.0), (16, 16), IntensityWindow("ct", -1000.0, 1000.0)),
+    LENGTH,
+    OVERLAP,
+)
+TINY_MASKS = {"channels": [8, 8], "attention_levels": [False, False], "norm_num_groups": 4}
+
+
+def write_tiny_model(folder: Path) -> Path:
+    """A three-stage model folder (masks.pt, images.pt, refiner.pt) of untrained tiny networks
+    on :data:`TINY_DATA`: what the CLI and the widget load in tests."""
+    import torch
+
+    from medgen3d.checkpoint import Checkpoint, save_checkpoint
+    from medgen3d.models.image_generator import build_image_generator
+    from medgen3d.models.mask_diffusion import MaskDiffusionModel
+    from medgen3d.models.refiner import RefinerConfig, build_refiner_network
+
+    torch.manual_seed(0)
+    masks = MaskDiffusionModel.build(TINY_DATA, TINY_MASKS)
+    refiner = build_refiner_network(RefinerConfig.from_dict(TINY_REFINER), len(TINY_DATA.labels))
+    stages = {
+        "masks": (masks.network, "network", masks.config),
+        "images": (
+            build_image_generator(TINY_GENERATOR, TINY_DATA),
+            "generator",
+            {"generator": TINY_GENERATOR},
+        ),
+        "refiner": (refiner, "refiner", TINY_REFINER),
+    }
+    for stage, (network, name, config) in stages.items():
+        config = {"data": TINY_DATA.to_dict(), "model": config, "provenance": {"steps": 0}}
+        checkpoint = Checkpoint(stage, config, {name: network.state_dict()})
+        save_checkpoint(checkpoint, folder / f"{stage}.pt", overwrite=True)
+    return folder

@@ -82,6 +82,8 @@ def load_checkpoint(path: str | Path, stage: str | None = None) -> Checkpoint:
     path = Path(path)
     if not path.is_file():
         raise InputError("no such checkpoint file", path)
+    if not zipfile.is_zipfile(path):  # torch.save writes zip archives
+        raise InputError("not a medgen3d checkpoint (not a PyTorch checkpoint archive)", path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:

@@ -8,6 +8,7 @@ else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -134,6 +135,96 @@ def _run_train(args: argparse.Namespace) -> None:
             bar.close()
 
 
+def _add_generate(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "generate",
+        help="generate image/label pairs (or images for your own masks)",
+        description="Write sample_NNNN_image.nii.gz, sample_NNNN_label.nii.gz and "
+        "sample_NNNN.json per sample. Sample i depends only on (--seed, i). Under "
+        "`torchrun --nproc-per-node P -m medgen3d generate ...` samples are shared out "
+        "across the processes.",
+    )
+    p.add_argument("--model", default="demo", help="demo (default), a model folder or a .pt file")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("-n", type=int, default=1, help="number of samples (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="base seed (default: %(default)s)")
+    p.add_argument("--depth", type=int, default=64, help="slices per volume (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=25, help="mask denoising steps per sequence")
+    p.add_argument("--sampler", default="ddim", choices=("ddim", "rflow", "ddpm"))
+    p.add_argument("--refine-strength", type=float, default=0.3, help="0 skips the refiner")
+    p.add_argument("--refine-steps", type=int, default=8, help="refiner denoising steps")
+    p.add_argument(
+        "--seed-mask", help="label NIfTI: labelled slices are kept, empty ones generated"
+    )
+    p.add_argument("--masks", help="image from your own masks: a label NIfTI file or a folder")
+    p.add_argument("--stage", default="all", choices=("all", "masks"), help="masks: labels only")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    p.add_argument("--overwrite", action="store_true", help="replace existing files")
+    p.set_defaults(run=_run_generate)
+
+
+def _run_generate(args: argparse.Namespace) -> None:
+    from medgen3d.generate import (
+        GenerationSettings,
+        generate_samples,
+        images_for_mask_files,
+        mask_files,
+    )
+    from medgen3d.io import load_volume
+    from medgen3d.model import load_model
+    from medgen3d.progress import Progress, drain
+    from medgen3d.runtime import distributed_runtime
+
+    if args.masks and (args.seed_mask or args.stage != "all"):
+        raise InputError("--masks cannot be combined with --seed-mask or --stage masks")
+    if args.n < 1:
+        raise InputError(f"-n must be at least 1, got {args.n}")
+    settings = GenerationSettings(
+        seed=args.seed,
+        depth=args.depth,
+        sampler=args.sampler,
+        steps=args.steps,
+        refine_strength=args.refine_strength,
+        refine_steps=args.refine_steps,
+    )
+    with distributed_runtime(args.device) as runtime:
+        model = load_model(args.model, runtime.device)
+        if args.masks:
+            masks = mask_files(args.masks)
+            jobs = images_for_mask_files(
+                model,
+                masks,
+                args.out,
+                settings,
+                indices=runtime.shard(len(masks)),
+                overwrite=args.overwrite,
+            )
+            count = len(runtime.shard(len(masks)))
+        else:
+            seeds = load_volume(args.seed_mask, "label") if args.seed_mask else None
+            jobs = generate_samples(
+                model,
+                args.out,
+                args.n,
+                settings,
+                seeds=seeds,
+                stage=args.stage,
+                indices=runtime.shard(args.n),
+                overwrite=args.overwrite,
+            )
+            count = len(runtime.shard(args.n))
+        with tqdm(total=count, desc="generate", unit="sample", disable=not runtime.is_main) as bar:
+
+            def show(report: Progress, index: int) -> None:
+                bar.set_postfix_str(f"sample {index} {report.stage} {report.done}/{report.total}")
+
+            for index, work in jobs:
+                drain(work, functools.partial(show, index=index))
+                bar.update()
+        runtime.barrier()
+    log.info("wrote %d samples to %s", count, args.out)
+
+
 def _add_export(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "export",
@@ -171,6 +262,36 @@ def _run_export(args: argparse.Namespace) -> None:
     log.info("wrote %s", manifest)
 
 
+def _add_info(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("info", help="say what a model holds")
+    p.add_argument("model", nargs="?", default="demo", help="demo, a model folder or a .pt file")
+    p.set_defaults(run=_run_info)
+
+
+def _run_info(args: argparse.Namespace) -> None:
+    from medgen3d.model import load_model
+
+    print(load_model(args.model).describe())
+
+
+def _add_pack_model(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "pack-model",
+        help="bundle trained stage checkpoints into a model folder (inference weights only)",
+    )
+    p.add_argument("--in", dest="source", required=True, help="folder with masks.pt etc.")
+    p.add_argument("--out", required=True, help="model folder to write")
+    p.add_argument("--overwrite", action="store_true", help="replace existing stage files")
+    p.set_defaults(run=_run_pack_model)
+
+
+def _run_pack_model(args: argparse.Namespace) -> None:
+    from medgen3d.model import pack_model
+
+    for path in pack_model(args.source, args.out, overwrite=args.overwrite):
+        log.info("wrote %s (%.1f MB)", path, path.stat().st_size / 1e6)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medgen3d",
@@ -181,7 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_phantom(subparsers)
     _add_train(subparsers)
+    _add_generate(subparsers)
     _add_export(subparsers)
+    _add_info(subparsers)
+    _add_pack_model(subparsers)
     return parser
 
 

@@ -1,0 +1,443 @@
+"""What a user asks of a model: masks, an image for masks, a refined image, a whole pair.
+
+These generator functions are the single entry the command line (``medgen3d generate``)
+and the napari widget share. They take and return :class:`~medgen3d.io.Volume` objects
+with label *values* and physical intensities (HU for CT), so geometry travels with the
+data: a mask completed from a user's seeds keeps the seeds' grid, an image generated for a
+user's mask comes back on that mask's grid, and the image and label of a pair always share
+one affine. Each yields :class:`~medgen3d.progress.Progress` and returns its result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from medgen3d import __version__
+from medgen3d.errors import InputError, OutputExistsError
+from medgen3d.io import Volume, atomic_output, is_nifti_path, load_volume, save_volume
+from medgen3d.model import GenerativeModel
+from medgen3d.pipeline import generate_images, image_from_mask, stage_seed
+from medgen3d.preprocessing import preprocess_pair, resample_like
+from medgen3d.progress import ProgressGenerator
+from medgen3d.recipe import DataSpec
+from medgen3d.refine import RefineSettings, refine_volume
+from medgen3d.sampling import sample_mask_volume
+
+__all__ = [
+    "GeneratedPair",
+    "GenerationSettings",
+    "generate_masks",
+    "generate_pair",
+    "generate_samples",
+    "image_from_masks",
+    "images_for_mask_files",
+    "mask_files",
+    "model_grid",
+    "pair_paths",
+    "refine_image",
+    "regenerate_slices",
+    "sample_seed",
+    "write_pair",
+]
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Every setting of a generation, recorded in each sample's sidecar.
+
+    Attributes:
+        seed: seed of this sample (derive per-sample seeds with :func:`sample_seed`).
+        depth: slices to generate when no seed mask fixes the depth.
+        sampler: mask sampler (``ddim``, ``rflow`` or ``ddpm``).
+        steps: mask denoising steps per sequence.
+        refine_strength: SDEdit strength of the refiner (0 skips it).
+        refine_steps: refiner denoising steps.
+    """
+
+    seed: int = 0
+    depth: int = 64
+    sampler: str = "ddim"
+    steps: int = 25
+    refine_strength: float = 0.3
+    refine_steps: int = 8
+
+    def __post_init__(self) -> None:
+        if self.seed < 0:
+            raise InputError(f"seed must be >= 0, got {self.seed}")
+        if self.steps < 1 or self.refine_steps < 1:
+            raise InputError("steps and refine steps must be at least 1")
+        if not 0.0 <= self.refine_strength <= 1.0:
+            raise InputError(f"refine strength must be in [0, 1], got {self.refine_strength}")
+
+    def with_seed(self, seed: int) -> GenerationSettings:
+        return dataclasses.replace(self, seed=seed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class GeneratedPair:
+    """A generated label volume and, unless only masks were asked for, its image."""
+
+    label: Volume
+    image: Volume | None
+    settings: GenerationSettings
+
+
+def sample_seed(base_seed: int, index: int) -> int:
+    """The seed of sample ``index``: a function of ``(base_seed, index)`` only, so sample
+    ``i`` is the same whatever ``-n`` is and however many processes share the work."""
+    return int(np.random.SeedSequence([base_seed, index]).generate_state(1)[0])
+
+
+def model_grid(data: DataSpec, depth: int) -> np.ndarray:
+    """The affine of a freshly generated volume: the model's spacing, centred on the origin."""
+    size = data.preprocessing.size
+    if size is None:
+        raise InputError("the model was trained without a fixed in-plane size; give a mask")
+    spacing_zyx = data.preprocessing.spacing or (1.0, 1.0, 1.0)
+    shape_xyz = np.array([size[1], size[0], depth], dtype=float)
+    spacing_xyz = np.array(spacing_zyx[::-1], dtype=float)
+    affine = np.diag([*spacing_xyz, 1.0])
+    affine[:3, 3] = -(shape_xyz - 1) / 2 * spacing_xyz
+    return affine
+
+
+def generate_masks(
+    model: GenerativeModel, settings: GenerationSettings, seeds: Volume | None = None
+) -> ProgressGenerator[Volume]:
+    """A label volume from the mask model, optionally completing a user's seed slices.
+
+    Args:
+        model: a model with a ``masks`` stage.
+        settings: seed, depth (ignored when ``seeds`` is given), sampler and steps.
+        seeds: a label volume whose non-empty slices are kept exactly and whose empty
+            slices are generated; its in-plane size must be the model's.
+
+    Returns:
+        Label values on the seeds' grid, or on :func:`model_grid` without seeds.
+    """
+    mask_model = model.stage("masks")
+    table = model.data.labels
+    if seeds is None:
+        grid = Volume(
+            np.zeros((settings.depth, *_model_size(model.data)), np.uint8),
+            model_grid(model.data, settings.depth),
+        )
+        known_labels, known = None, None
+    else:
+        _check_in_plane(seeds, model.data)
+        grid = seeds
+        known_labels = table.to_channels(seeds.data, "the seed mask")
+        known = known_labels.reshape(len(known_labels), -1).any(axis=1)
+    channels = yield from sample_mask_volume(
+        mask_model,
+        grid.shape[0],
+        seed=stage_seed(settings.seed, "masks"),
+        sampler=settings.sampler,
+        steps=settings.steps,
+        size=grid.shape[1:],
+        known_labels=known_labels,
+        known=known,
+        preview_every=max(1, settings.steps // 4),
+    )
+    values = table.from_channels(channels)
+    if seeds is not None:  # seeded slices are returned exactly as given
+        values[known] = seeds.data[known].astype(values.dtype)
+    return grid.with_data(values)
+
+
+def generate_pair(
+    model: GenerativeModel,
+    settings: GenerationSettings,
+    seeds: Volume | None = None,
+    stage: Literal["all", "masks"] = "all",
+) -> ProgressGenerator[GeneratedPair]:
+    """Masks from the mask model, then (``stage="all"``) their image, refined."""
+    label = yield from generate_masks(model, settings, seeds)
+    if stage == "masks":
+        return GeneratedPair(label, None, settings)
+    image = yield from image_from_masks(model, label, settings)
+    return GeneratedPair(label, image, settings)
+
+
+def image_from_masks(
+    model: GenerativeModel,
+    label: Volume,
+    settings: GenerationSettings,
+    source: str | Path | None = None,
+) -> ProgressGenerator[Volume]:
+    """An image for a label volume in any geometry, on exactly that volume's grid; the
+    refiner runs when the model has one and ``refine_strength > 0``."""
+    return (
+        yield from image_from_mask(
+            label,
+            model.stage("images"),
+            model.stages.get("refiner"),
+            seed=settings.seed,
+            refine=_refine_settings(settings),
+        )
+    )
+
+
+def refine_image(
+    model: GenerativeModel, image: Volume, label: Volume, settings: GenerationSettings
+) -> ProgressGenerator[Volume]:
+    """Refine an image (physical units) with its label volume, on the image's own grid."""
+    image, label = _on_one_grid(image, label)
+    model.data.labels.check_values(label.data, "the label layer")
+    normalised, on_grid = preprocess_pair(image, label, model.data.preprocessing)
+    refine = _refine_settings(settings)
+    refined = yield from refine_volume(
+        model.stage("refiner"),
+        normalised.data,
+        model.data.labels.to_channels(on_grid.data),
+        strength=refine.strength,
+        steps=refine.steps,
+        seed=stage_seed(settings.seed, "refiner"),
+    )
+    physical = normalised.with_data(model.data.preprocessing.window.to_physical(refined))
+    return resample_like(physical, image, "image")
+
+
+def regenerate_slices(
+    model: GenerativeModel,
+    image: Volume,
+    label: Volume,
+    changed: np.ndarray,
+    settings: GenerationSettings,
+) -> ProgressGenerator[Volume]:
+    """After a mask was edited: new image slices where it changed, the rest untouched.
+
+    The changed slices and ``k`` neighbours on each side are regenerated (each sequence
+    still starting from the slices before it, so no seam appears) and refined; every other
+    slice keeps its exact values. The pair must be on the model's grid, as generated pairs
+    are.
+
+    Args:
+        model: a model with an ``images`` stage (a ``refiner`` is used when present).
+        image: the generated image, physical units.
+        label: the edited label volume, same grid.
+        changed: ``(Z,)`` bool, the edited slices.
+        settings: seed and refiner settings.
+    """
+    image, label = _on_one_grid(image, label)
+    _check_in_plane(label, model.data)
+    window, overlap = model.data.preprocessing.window, model.data.overlap
+    region = np.convolve(np.asarray(changed, float), np.ones(2 * overlap + 1), "same") > 0
+    channels = model.data.labels.to_channels(label.data, "the edited label layer")
+    updated = yield from generate_images(
+        model.stage("images"),
+        channels,
+        seed=stage_seed(settings.seed, "images"),
+        previous=window.to_model(image.data),
+        region=region,
+    )
+    refine = _refine_settings(settings)
+    if "refiner" in model.stages and refine.strength > 0:
+        updated[region] = yield from refine_volume(
+            model.stage("refiner"),
+            updated[region],
+            channels[region],
+            strength=refine.strength,
+            steps=refine.steps,
+            seed=stage_seed(settings.seed, "refiner"),
+        )
+    result = image.data.copy()
+    result[region] = window.to_physical(updated[region])
+    return image.with_data(result)
+
+
+def pair_paths(folder: str | Path, name: str) -> tuple[Path, Path, Path]:
+    """``(image, label, sidecar)`` paths of the pair ``name`` in ``folder``."""
+    folder = Path(folder)
+    return (
+        folder / f"{name}_image.nii.gz",
+        folder / f"{name}_label.nii.gz",
+        folder / f"{name}.json",
+    )
+
+
+def write_pair(
+    folder: str | Path,
+    name: str,
+    image: Volume | None,
+    label: Volume,
+    *,
+    settings: GenerationSettings | Mapping[str, Any],
+    model: GenerativeModel | None,
+    extra: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> list[Path]:
+    """Write ``NAME_image.nii.gz`` (when there is an image), ``NAME_label.nii.gz`` and the
+    ``NAME.json`` sidecar (seed, model hash, every setting, version, label table).
+
+    Nothing is written when any of the files exists and ``overwrite`` is false.
+
+    Raises:
+        OutputExistsError: naming the first existing file.
+        InputError: when image and label do not share one grid.
+    """
+    image_path, label_path, sidecar_path = pair_paths(folder, name)
+    targets = [label_path, sidecar_path] + ([image_path] if image is not None else [])
+    for target in targets:
+        if target.exists() and not overwrite:
+            raise OutputExistsError(target)
+    if image is not None and (
+        image.shape != label.shape or not np.allclose(image.affine, label.affine, atol=1e-6)
+    ):
+        raise InputError(f"image and label of {name} do not share one grid")
+    if isinstance(settings, GenerationSettings):
+        settings = settings.to_dict()
+    sidecar = {
+        "name": name,
+        "medgen3d_version": __version__,
+        "seed": settings.get("seed"),
+        "settings": dict(settings),
+        "model": None if model is None else {"source": model.source, "sha256": model.digest},
+        "labels": None if model is None else model.data.labels.to_dict(),
+        "modality": None if model is None else model.data.preprocessing.window.modality,
+        **(extra or {}),
+    }
+    written = [save_volume(label, label_path, overwrite=overwrite, dtype=label.data.dtype)]
+    if image is not None:
+        written.append(save_volume(image, image_path, overwrite=overwrite, dtype=np.float32))
+    with atomic_output(sidecar_path, overwrite=overwrite) as tmp:
+        tmp.write_text(json.dumps(sidecar, indent=2) + "\n")
+    written.append(sidecar_path)
+    return written
+
+
+def _refine_settings(settings: GenerationSettings) -> RefineSettings:
+    return RefineSettings(strength=settings.refine_strength, steps=settings.refine_steps)
+
+
+def _on_one_grid(image: Volume, label: Volume) -> tuple[Volume, Volume]:
+    """Check that an image and its labels share one grid (layers the user picked)."""
+    if image.shape != label.shape or not np.allclose(image.affine, label.affine, atol=1e-4):
+        raise InputError(
+            f"the image {image.shape} and the labels {label.shape} are not on one grid; "
+            "pick the labels that belong to the image"
+        )
+    return image, label
+
+
+def _model_size(data: DataSpec) -> tuple[int, int]:
+    if data.preprocessing.size is None:
+        raise InputError("the model was trained without a fixed in-plane size; give a mask")
+    return data.preprocessing.size
+
+
+def _check_in_plane(seeds: Volume, data: DataSpec) -> None:
+    size = _model_size(data)
+    if seeds.shape[1:] != size:
+        raise InputError(
+            f"the seed mask's in-plane size {seeds.shape[1:]} differs from the model's {size}; "
+            "paint seeds on a volume of the model's size (e.g. one it generated)"
+        )
+
+
+def generate_samples(
+    model: GenerativeModel,
+    out: str | Path,
+    count: int,
+    settings: GenerationSettings,
+    *,
+    seeds: Volume | None = None,
+    stage: Literal["all", "masks"] = "all",
+    indices: Iterable[int] | None = None,
+    overwrite: bool = False,
+) -> Iterator[tuple[int, ProgressGenerator[list[Path]]]]:
+    """Samples ``sample_NNNN`` for ``indices`` (default all of ``range(count)``), one at a time.
+
+    Sample ``i`` is generated with the seed :func:`sample_seed` ``(settings.seed, i)``, so
+    it is the same whatever ``count`` is and whichever process makes it: pass each
+    ``torchrun`` rank its :meth:`~medgen3d.runtime.Runtime.shard` as ``indices``. Every
+    target file is checked before the first sample starts, so a clash stops the run before
+    any work.
+
+    Yields:
+        ``(i, work)``: drain ``work`` (a progress generator) to make and write sample ``i``;
+        it returns the paths written.
+    """
+    indices = list(range(count) if indices is None else indices)
+    for i in indices:
+        for target in pair_paths(out, f"sample_{i:04d}"):
+            if target.exists() and not overwrite:
+                raise OutputExistsError(target)
+
+    def one(i: int) -> ProgressGenerator[list[Path]]:
+        seeded = settings.with_seed(sample_seed(settings.seed, i))
+        pair = yield from generate_pair(model, seeded, seeds, stage)
+        return write_pair(
+            out,
+            f"sample_{i:04d}",
+            pair.image,
+            pair.label,
+            settings=seeded,
+            model=model,
+            extra={"index": i, "base_seed": settings.seed},
+            overwrite=overwrite,
+        )
+
+    for i in indices:
+        yield i, one(i)
+
+
+def images_for_mask_files(
+    model: GenerativeModel,
+    masks: Sequence[Path],
+    out: str | Path,
+    settings: GenerationSettings,
+    *,
+    indices: Iterable[int] | None = None,
+    overwrite: bool = False,
+) -> Iterator[tuple[int, ProgressGenerator[list[Path]]]]:
+    """Like :func:`generate_samples` for "image from your own mask": pair ``i`` is
+    ``NAME_image.nii.gz`` (on the mask's grid), a copy of the mask as ``NAME_label.nii.gz``
+    and ``NAME.json``, where ``NAME`` is the mask file's name without its suffix."""
+    indices = list(range(len(masks)) if indices is None else indices)
+    names = [Path(m).name.removesuffix(".gz").removesuffix(".nii") for m in masks]
+    for i in indices:
+        for target in pair_paths(out, names[i]):
+            if target.exists() and not overwrite:
+                raise OutputExistsError(target)
+
+    def one(i: int) -> ProgressGenerator[list[Path]]:
+        label = load_volume(masks[i], "label")
+        seeded = settings.with_seed(sample_seed(settings.seed, i))
+        image = yield from image_from_masks(model, label, seeded, source=masks[i])
+        return write_pair(
+            out,
+            names[i],
+            image,
+            label,
+            settings=seeded,
+            model=model,
+            extra={"mask": str(masks[i])},
+            overwrite=overwrite,
+        )
+
+    for i in indices:
+        yield i, one(i)
+
+
+def mask_files(path: str | Path) -> list[Path]:
+    """The label files given as ``--masks``: one NIfTI file, or every NIfTI file in a folder."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise InputError("no such mask file or folder", path)
+    found = sorted(p for p in path.iterdir() if is_nifti_path(p) and not p.name.startswith("."))
+    if not found:
+        raise InputError("holds no .nii or .nii.gz label files", path)
+    return found

@@ -1,0 +1,200 @@
+"""A generative model: the three stages, loaded together and checked against each other.
+
+On disk a model is a folder holding any of ``masks.pt``, ``images.pt`` and
+``refiner.pt`` (one checkpoint per stage), or a single stage's checkpoint file. A stage may
+be missing: a masks-only model generates label maps, an images-only model turns a user's
+masks into images. ``"demo"`` names the small model bundled with the package.
+
+All stages present must agree on the data they were trained for (label table, grid,
+intensity window, sequence length and overlap); a model whose stages disagree is refused
+with the file that differs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medgen3d.checkpoint import STAGES, Checkpoint, load_checkpoint, save_checkpoint
+from medgen3d.errors import InputError
+from medgen3d.recipe import DataSpec
+
+__all__ = ["DEMO", "GenerativeModel", "demo_model_path", "load_model", "pack_model"]
+
+DEMO = "demo"
+# stage -> (module, class) whose ``from_checkpoint(checkpoint, device)`` builds it
+STAGE_MODELS = {
+    "masks": ("medgen3d.models.mask_diffusion", "MaskDiffusionModel"),
+    "images": ("medgen3d.models.image_generator", "ImageGenerator"),
+    "refiner": ("medgen3d.models.refiner", "SemanticRefiner"),
+}
+
+
+@dataclass
+class GenerativeModel:
+    """The loaded stages of one model and the data spec they share.
+
+    Attributes:
+        data: labels, grid, window, ``L`` and ``k``.
+        stages: stage name -> loaded stage object; missing stages are absent.
+        checkpoints: stage name -> the checkpoint it came from (config, provenance).
+        source: the folder or file the model was loaded from, or ``"demo"``.
+        digest: SHA-256 over the stage files, recorded with every generated sample.
+    """
+
+    data: DataSpec
+    stages: dict[str, Any]
+    checkpoints: dict[str, Checkpoint]
+    source: str
+    digest: str
+
+    def stage(self, name: str) -> Any:
+        """The loaded stage, or an :class:`InputError` saying the model lacks it."""
+        if name not in self.stages:
+            raise InputError(
+                f"model {self.source} has no {name!r} stage (it has: {', '.join(self.stages)})"
+            )
+        return self.stages[name]
+
+    def describe(self) -> str:
+        """A few readable lines: what the model generates and how it was trained."""
+        pre = self.data.preprocessing
+        window = pre.window
+        lines = [
+            f"model:  {self.source}  (sha256 {self.digest[:12]})",
+            "labels: "
+            + ", ".join(
+                f"{v} {n}"
+                for v, n in zip(self.data.labels.values, self.data.labels.names, strict=True)
+            ),
+            f"grid:   {_size(pre.size)} in-plane, spacing {_spacing(pre.spacing)} (z, y, x); "
+            f"sequences of {self.data.sequence_length} slices overlapping by {self.data.overlap}",
+            f"intensity: {window.modality.upper()} "
+            + (
+                f"window [{window.low:g}, {window.high:g}] HU"
+                if window.modality == "ct"
+                else f"percentiles [{window.low:g}, {window.high:g}]"
+            ),
+        ]
+        for name in STAGES:
+            if name not in self.checkpoints:
+                lines.append(f"{name + ':':9s}(missing)")
+                continue
+            provenance = self.checkpoints[name].config.get("provenance", {})
+            lines.append(
+                f"{name + ':':9s}trained {provenance.get('steps', '?')} steps on "
+                f"{provenance.get('cases', '?')} cases, saved {provenance.get('saved', '?')}"
+            )
+        return "\n".join(lines)
+
+
+def demo_model_path() -> Path:
+    """The folder of the bundled demo model inside the installed package."""
+    return Path(str(resources.files("medgen3d") / "demo"))
+
+
+def load_model(spec: str | Path = DEMO, device: torch.device | str = "cpu") -> GenerativeModel:
+    """Load a model folder, a single stage file, or the bundled demo.
+
+    Raises:
+        InputError: naming the file, for a missing path, a folder with no stage files, an
+            unreadable or unsafe checkpoint, a file whose stage differs from its name, or
+            stages trained for different labels or grids.
+    """
+    source = str(spec)
+    path = demo_model_path() if source == DEMO else Path(spec)
+    files = _stage_files(path, source)
+    checkpoints: dict[str, Checkpoint] = {}
+    for expected, file in files.items():
+        checkpoint = load_checkpoint(file, stage=expected)
+        checkpoints[checkpoint.stage] = checkpoint
+    data = _shared_data_spec(checkpoints)
+    stages = {name: _build_stage(name, ckpt, device) for name, ckpt in checkpoints.items()}
+    return GenerativeModel(data, stages, checkpoints, source, _digest(list(files.values())))
+
+
+def pack_model(source: str | Path, out: str | Path, *, overwrite: bool = False) -> list[Path]:
+    """Copy the stage checkpoints in ``source`` to ``out`` with inference weights only.
+
+    Training runs save optimiser state and raw weights for ``--resume``; a model to ship
+    needs neither, which makes it several times smaller. The stages are checked against
+    each other (:func:`load_model`'s rules) before anything is written.
+    """
+    files = _stage_files(Path(source), str(source))
+    checkpoints = {stage: load_checkpoint(file, stage=stage) for stage, file in files.items()}
+    _shared_data_spec(checkpoints)
+    written = []
+    for checkpoint in checkpoints.values():
+        slim = Checkpoint(checkpoint.stage, checkpoint.config, checkpoint.weights)
+        written.append(
+            save_checkpoint(slim, Path(out) / f"{checkpoint.stage}.pt", overwrite=overwrite)
+        )
+    return written
+
+
+def _stage_files(path: Path, source: str) -> dict[str | None, Path]:
+    """stage -> file (``None`` as key: a single file whose stage is read from it)."""
+    if path.is_file():
+        return {None: path}
+    if not path.is_dir():
+        if source == DEMO:
+            raise InputError("the demo model is not bundled with this installation", path)
+        raise InputError("no such model file or folder", path)
+    files = {stage: path / f"{stage}.pt" for stage in STAGES if (path / f"{stage}.pt").is_file()}
+    if not files:
+        raise InputError(f"no stage checkpoints ({', '.join(s + '.pt' for s in STAGES)})", path)
+    return files
+
+
+def _shared_data_spec(checkpoints: dict[str, Checkpoint]) -> DataSpec:
+    reference_name, reference = next(iter(checkpoints.items()))
+    for checkpoint in checkpoints.values():
+        mine, theirs = checkpoint.config["data"], reference.config["data"]
+        for key, what in (
+            ("labels", "label table"),
+            ("size", "in-plane size"),
+            ("spacing", "spacing"),
+            ("window", "intensity window"),
+            ("sequence_length", "sequence length"),
+            ("overlap", "overlap"),
+        ):
+            if mine.get(key) != theirs.get(key):
+                raise InputError(
+                    f"its {what} ({mine.get(key)}) differs from that of the {reference_name} "
+                    f"stage ({theirs.get(key)}); all stages of a model must match",
+                    checkpoint.path,
+                )
+    return DataSpec.from_dict(reference.config["data"])
+
+
+def _build_stage(name: str, checkpoint: Checkpoint, device: torch.device | str) -> Any:
+    module_name, class_name = STAGE_MODELS[name]
+    stage_class = getattr(importlib.import_module(module_name), class_name)
+    try:
+        return stage_class.from_checkpoint(checkpoint, device)
+    except (KeyError, ValueError, RuntimeError) as exc:  # missing or mis-shaped weights
+        raise InputError(f"weights do not fit the {name} network ({exc})", checkpoint.path) from exc
+
+
+def _digest(files: list[Path]) -> str:
+    sha = hashlib.sha256()
+    for file in sorted(files):
+        sha.update(file.name.encode())
+        with file.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                sha.update(block)
+    return sha.hexdigest()
+
+
+def _size(size: tuple[int, int] | None) -> str:
+    return "any size" if size is None else f"{size[0]}x{size[1]}"
+
+
+def _spacing(spacing: tuple[float, float, float] | None) -> str:
+    return "as the input" if spacing is None else " x ".join(f"{s:g}" for s in spacing) + " mm"

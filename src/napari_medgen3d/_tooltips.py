@@ -1,0 +1,31 @@
+"""Every label and tooltip of the MedGen3D widget, in one table."""
+
+TOOLTIPS = {
+    "model": "A model checkpoint (.pt). Picking masks.pt, images.pt or refiner.pt loads the "
+    "whole model folder it sits in. Leave empty for the bundled demo model.",
+    "device": "Where generation runs. auto prefers a CUDA GPU, then Apple MPS, then the CPU.",
+    "load": "Load the model and show what it holds.",
+    "seed": "Random seed. The same seed, settings and device give the same result.",
+    "depth": "Number of axial slices to generate (at least the model's sequence length).",
+    "samples": "How many pairs to generate; sample i uses a seed derived from (seed, i).",
+    "sampler": "Denoising sampler: ddim or rflow are fast; ddpm takes every training step.",
+    "steps": "Denoising steps per sequence: fewer is faster, more is more faithful.",
+    "refine_strength": "How much the refiner may change the image: 0 keeps it as generated, "
+    "1 re-draws it entirely from the mask.",
+    "refine_steps": "Denoising steps of the refiner.",
+    "labels_layer": "The Labels layer to generate from, complete, or use as the mask.",
+    "image_layer": "The Image layer to refine.",
+    "generate_pair": "Generate masks, then the image, then refine it (all stages).",
+    "generate_masks": "Generate label volumes only.",
+    "complete": "Treat the painted slices of the Labels layer as known and generate the "
+    "slices around them; painted slices stay exactly as painted.",
+    "image_from_masks": "Generate an image aligned with the chosen Labels layer.",
+    "refine": "Refine the chosen Image layer with the chosen Labels layer as condition.",
+    "regenerate": "After editing a generated mask: regenerate the image only where slices "
+    "changed (plus the neighbours needed for continuity).",
+    "cancel": "Stop the running job after the current step; the layers stay as they were.",
+    "export_dir": "Folder to export the current pair into.",
+    "export": "Write the chosen image and labels as NIfTI with a JSON sidecar.",
+    "contours": "Show labels as contours instead of filled regions.",
+    "toggle_3d": "Switch the viewer between 2D slices and 3D rendering.",
+}

@@ -1,0 +1,463 @@
+"""The MedGen3D dock widget: gathers settings, runs engine generators, shows results.
+
+The widget only translates. Each button reads the controls into a
+:class:`medgen3d.generate.GenerationSettings`, picks the layers it works on, and runs one
+engine generator in a napari worker thread: yielded :class:`medgen3d.progress.Progress`
+reports drive a progress bar and a live preview layer, ``Cancel`` calls ``worker.quit()``
+(honoured between steps), the returned volumes become layers, and an error becomes a
+notification. Nothing is added to the viewer until a job succeeds, so a cancelled or
+failed job leaves the layers as they were. Torch and MONAI are imported inside the worker
+functions, never when napari starts.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Generator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSlider,
+    Label,
+    PushButton,
+    SpinBox,
+)
+from napari.layers import Image, Labels
+from napari.qt.threading import create_worker
+from napari.utils import progress
+from napari.utils.notifications import show_error, show_info
+
+from napari_medgen3d._layers import (
+    GEOMETRY_KEY,
+    labels_style,
+    layer_to_volume,
+    volume_to_layer,
+)
+from napari_medgen3d._tooltips import TOOLTIPS
+
+if TYPE_CHECKING:
+    import napari
+
+    from medgen3d.generate import GenerationSettings
+    from medgen3d.io import Volume
+    from medgen3d.model import GenerativeModel
+
+log = logging.getLogger(__name__)
+
+PREVIEW_LAYER = "MedGen3D preview"
+STAGE_FILES = ("masks.pt", "images.pt", "refiner.pt")
+
+
+class MedGen3DWidget(Container):
+    """Load a model, generate, complete, refine and export aligned image/mask pairs."""
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__(labels=True)
+        self._viewer = viewer
+        self._model: GenerativeModel | None = None
+        self._model_key: tuple[str, str] | None = None
+        self._worker: Any = None
+        self._bar: progress | None = None
+        self._pending: Callable[[], None] | None = None
+
+        self._model_file = FileEdit(mode="r", filter="*.pt", label="Model", value="")
+        self._device = ComboBox(
+            choices=("auto", "cpu", "cuda", "mps"), value="auto", label="Device"
+        )
+        self._load = PushButton(text="Load model")
+        self._info = Label(value="Model: bundled demo (not loaded yet)")
+        self._seed = SpinBox(value=0, min=0, max=2**31 - 1, label="Seed")
+        self._depth = SpinBox(value=64, min=1, max=4096, label="Depth (slices)")
+        self._samples = SpinBox(value=1, min=1, max=64, label="Samples")
+        self._sampler = ComboBox(choices=("ddim", "rflow", "ddpm"), value="ddim", label="Sampler")
+        self._steps = SpinBox(value=25, min=1, max=1000, label="Steps")
+        self._strength = FloatSlider(
+            value=0.3, min=0.0, max=1.0, step=0.05, label="Refine strength"
+        )
+        self._refine_steps = SpinBox(value=10, min=1, max=1000, label="Refine steps")
+        self._labels_layer = ComboBox(choices=self._layer_choices(Labels), label="Labels layer")
+        self._image_layer = ComboBox(choices=self._layer_choices(Image), label="Image layer")
+        self._generate_pair = PushButton(text="Generate pair")
+        self._generate_masks = PushButton(text="Generate masks")
+        self._complete = PushButton(text="Complete from seeds")
+        self._image_from_masks = PushButton(text="Generate image from masks")
+        self._refine = PushButton(text="Refine image")
+        self._regenerate = PushButton(text="Regenerate edited slices")
+        self._cancel = PushButton(text="Cancel", enabled=False)
+        self._contours = CheckBox(value=False, text="Contours only")
+        self._toggle_3d = PushButton(text="Switch 2D / 3D")
+        self._export_dir = FileEdit(mode="d", label="Export to")
+        self._export = PushButton(text="Export pair")
+
+        controls = {
+            "model": self._model_file,
+            "device": self._device,
+            "load": self._load,
+            "seed": self._seed,
+            "depth": self._depth,
+            "samples": self._samples,
+            "sampler": self._sampler,
+            "steps": self._steps,
+            "refine_strength": self._strength,
+            "refine_steps": self._refine_steps,
+            "labels_layer": self._labels_layer,
+            "image_layer": self._image_layer,
+            "generate_pair": self._generate_pair,
+            "generate_masks": self._generate_masks,
+            "complete": self._complete,
+            "image_from_masks": self._image_from_masks,
+            "refine": self._refine,
+            "regenerate": self._regenerate,
+            "cancel": self._cancel,
+            "contours": self._contours,
+            "toggle_3d": self._toggle_3d,
+            "export_dir": self._export_dir,
+            "export": self._export,
+        }
+        for key, widget in controls.items():
+            widget.tooltip = TOOLTIPS[key]
+        self.extend([self._info, *controls.values()])
+
+        self._load.changed.connect(lambda: self._with_model(lambda: None, force=True))
+        self._generate_pair.changed.connect(self.generate_pair)
+        self._generate_masks.changed.connect(self.generate_masks)
+        self._complete.changed.connect(self.complete_from_seeds)
+        self._image_from_masks.changed.connect(self.image_from_masks)
+        self._refine.changed.connect(self.refine_image)
+        self._regenerate.changed.connect(self.regenerate_edited_slices)
+        self._cancel.changed.connect(self.cancel)
+        self._contours.changed.connect(self._apply_contours)
+        self._toggle_3d.changed.connect(self._toggle_ndisplay)
+        self._export.changed.connect(self.export_pair)
+        for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
+            event.connect(self._refresh_layer_choices)
+
+    # ---- actions (public so scripts and tests can press them) -------------------------
+    def generate_pair(self) -> None:
+        self._run_samples("pair")
+
+    def generate_masks(self) -> None:
+        self._run_samples("masks")
+
+    def complete_from_seeds(self) -> None:
+        layer = self._require_layer(self._labels_layer, "a Labels layer with painted slices")
+        if layer is None:
+            return
+        seeds = layer_to_volume(layer.data, _layer_meta(layer))
+
+        def work(model: GenerativeModel) -> Generator:
+            from medgen3d.generate import generate_masks
+
+            label = yield from generate_masks(model, self._settings(), seeds=seeds)
+            return {"labels": (label, f"{layer.name} completed")}
+
+        self._with_model(lambda: self._start(work))
+
+    def image_from_masks(self) -> None:
+        layer = self._require_layer(self._labels_layer, "a Labels layer to use as the mask")
+        if layer is None:
+            return
+        label = layer_to_volume(layer.data, _layer_meta(layer))
+
+        def work(model: GenerativeModel) -> Generator:
+            from medgen3d.generate import image_from_masks
+
+            image = yield from image_from_masks(model, label, self._settings())
+            return {"image": (image, f"{layer.name} image")}
+
+        self._with_model(lambda: self._start(work))
+
+    def refine_image(self) -> None:
+        image_layer = self._require_layer(self._image_layer, "an Image layer to refine")
+        label_layer = self._require_layer(self._labels_layer, "the Labels layer of that image")
+        if image_layer is None or label_layer is None:
+            return
+        image = layer_to_volume(image_layer.data, _layer_meta(image_layer))
+        label = layer_to_volume(label_layer.data, _layer_meta(label_layer))
+
+        def work(model: GenerativeModel) -> Generator:
+            from medgen3d.generate import refine_image
+
+            refined = yield from refine_image(model, image, label, self._settings())
+            return {"image": (refined, f"{image_layer.name} refined")}
+
+        self._with_model(lambda: self._start(work))
+
+    def regenerate_edited_slices(self) -> None:
+        image_layer = self._require_layer(self._image_layer, "the generated Image layer")
+        label_layer = self._require_layer(self._labels_layer, "the edited Labels layer")
+        if image_layer is None or label_layer is None:
+            return
+        before = label_layer.metadata.get(GEOMETRY_KEY, {}).get("generated_labels")
+        if before is None or before.shape != label_layer.data.shape:
+            show_error(f"{label_layer.name} was not generated by MedGen3D: nothing to compare")
+            return
+        changed = np.any(np.asarray(label_layer.data) != before, axis=(1, 2))
+        if not changed.any():
+            show_info("No slice of the labels was edited since generation.")
+            return
+        image = layer_to_volume(image_layer.data, _layer_meta(image_layer))
+        label = layer_to_volume(label_layer.data, _layer_meta(label_layer))
+
+        def work(model: GenerativeModel) -> Generator:
+            from medgen3d.generate import regenerate_slices
+
+            updated = yield from regenerate_slices(model, image, label, changed, self._settings())
+            return {"image": (updated, f"{image_layer.name} regenerated")}
+
+        self._with_model(lambda: self._start(work))
+
+    def export_pair(self) -> None:
+        image_layer = self._require_layer(self._image_layer, "the Image layer to export")
+        label_layer = self._require_layer(self._labels_layer, "the Labels layer to export")
+        folder = Path(str(self._export_dir.value))
+        if image_layer is None or label_layer is None:
+            return
+        if not str(self._export_dir.value) or str(self._export_dir.value) == ".":
+            show_error("Choose a folder to export into first.")
+            return
+        from medgen3d.errors import InputError
+        from medgen3d.generate import write_pair
+
+        image = layer_to_volume(image_layer.data, _layer_meta(image_layer))
+        label = layer_to_volume(label_layer.data, _layer_meta(label_layer))
+        settings = label_layer.metadata.get(GEOMETRY_KEY, {}).get("settings", {})
+        try:
+            paths = write_pair(
+                folder,
+                label_layer.name.replace(" ", "_"),
+                image,
+                label,
+                settings=settings,
+                model=self._model,
+            )
+        except InputError as exc:
+            show_error(str(exc))
+            return
+        show_info(f"Exported {', '.join(p.name for p in paths)} to {folder}")
+
+    def cancel(self) -> None:
+        if self._worker is not None:
+            self._worker.quit()
+
+    # ---- model loading ------------------------------------------------------------------
+    def _with_model(self, then: Callable[[], None], force: bool = False) -> None:
+        """Run ``then`` once the chosen model is loaded (loading it in a worker if needed)."""
+        key = (self._model_spec(), str(self._device.value))
+        if self._model is not None and self._model_key == key and not force:
+            then()
+            return
+
+        def load(_no_model: None) -> Generator:
+            from medgen3d.model import load_model
+            from medgen3d.runtime import resolve_device
+
+            yield from ()
+            return {"model": load_model(key[0], resolve_device(key[1]))}
+
+        def loaded(result: dict) -> None:
+            self._model, self._model_key = result["model"], key
+            self._info.value = self._model.describe()
+            self._pending = then  # runs once this worker has finished and cleaned up
+
+        self._start(load, on_result=loaded, needs_model=False)
+
+    def _model_spec(self) -> str:
+        value = str(self._model_file.value or "")
+        if value in ("", "."):
+            return "demo"
+        path = Path(value)
+        return str(path.parent) if path.name in STAGE_FILES else value
+
+    # ---- running engine generators --------------------------------------------------------
+    def _run_samples(self, what: str) -> None:
+        count = int(self._samples.value)
+
+        def work(model: GenerativeModel) -> Generator:
+            from medgen3d.generate import generate_pair, sample_seed
+
+            results = {}
+            settings = self._settings()
+            for index in range(count):
+                seeded = settings.with_seed(sample_seed(settings.seed, index))
+                pair = yield from generate_pair(
+                    model, seeded, stage="all" if what == "pair" else "masks"
+                )
+                name = f"sample {settings.seed}-{index}"
+                results[f"labels{index}"] = (pair.label, f"{name} labels", seeded)
+                if pair.image is not None:
+                    results[f"image{index}"] = (pair.image, f"{name} image", seeded)
+            return results
+
+        self._with_model(lambda: self._start(work))
+
+    def _start(
+        self,
+        work: Callable[[GenerativeModel | None], Generator],
+        on_result: Callable[[dict], None] | None = None,
+        needs_model: bool = True,
+    ) -> None:
+        """Run ``work(model)`` in a worker thread; ``on_result`` gets what it returns."""
+        if self._worker is not None:
+            show_info("MedGen3D is busy; cancel the running job or wait for it.")
+            return
+        # errors are shown by _on_error; napari must not also re-raise them
+        worker = create_worker(
+            work, self._model if needs_model else None, _start_thread=False, _ignore_errors=True
+        )
+        worker.yielded.connect(lambda report: self._on_progress(report, worker))
+        worker.returned.connect(on_result or self._add_results)
+        worker.errored.connect(self._on_error)
+        worker.aborted.connect(lambda: show_info("MedGen3D: cancelled; layers left unchanged."))
+        worker.finished.connect(lambda: self._on_finished(worker))
+        self._worker = worker
+        self._set_busy(True)
+        worker.start()
+
+    def _on_progress(self, report: Any, worker: Any) -> None:
+        if worker is not self._worker:  # a report queued before the job ended
+            return
+        if self._bar is None:
+            self._bar = progress(total=report.total, desc=f"MedGen3D {report.stage}")
+        bar = self._bar  # updating it may process events, among them the job's end
+        if bar.total != report.total or not bar.desc.endswith(report.stage):
+            bar.total = report.total
+            bar.set_description(f"MedGen3D {report.stage}")
+        bar.n = report.done
+        bar.refresh()
+        if report.preview is not None and worker is self._worker:
+            self._show_preview(report.stage, report.preview)
+
+    def _add_results(self, result: dict) -> None:
+        """Add each returned ``(volume, name[, settings])`` as a layer (``labels*`` keys
+        become Labels layers, the others Image layers)."""
+        self._remove_preview()
+        for key, (volume, name, *rest) in result.items():
+            kind = "labels" if key.startswith("labels") else "image"
+            self._add_volume(volume, kind, name, rest[0] if rest else None)
+
+    def _on_error(self, exc: Exception) -> None:
+        self._remove_preview()
+        show_error(f"MedGen3D: {_describe_error(exc)}")
+        log.error("MedGen3D job failed", exc_info=exc)
+
+    def _on_finished(self, worker: Any) -> None:
+        if worker is not self._worker:
+            return
+        self._worker = None
+        self._remove_preview()
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        self._set_busy(False)
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending()
+
+    def _set_busy(self, busy: bool) -> None:
+        self._cancel.enabled = busy
+        for button in (
+            self._generate_pair,
+            self._generate_masks,
+            self._complete,
+            self._image_from_masks,
+            self._refine,
+            self._regenerate,
+            self._load,
+        ):
+            button.enabled = not busy
+
+    # ---- layers ---------------------------------------------------------------------------
+    def _settings(self) -> GenerationSettings:
+        from medgen3d.generate import GenerationSettings
+
+        return GenerationSettings(
+            seed=int(self._seed.value),
+            depth=int(self._depth.value),
+            sampler=str(self._sampler.value),
+            steps=int(self._steps.value),
+            refine_strength=float(self._strength.value),
+            refine_steps=int(self._refine_steps.value),
+        )
+
+    def _add_volume(self, volume: Volume, kind: str, name: str, settings: Any) -> None:
+        table = self._model.data.labels if self._model is not None else None
+        data, kwargs, layer_type = volume_to_layer(volume, kind, name, table)
+        if layer_type == "labels":
+            kwargs["opacity"] = 0.5
+            kwargs["metadata"][GEOMETRY_KEY]["generated_labels"] = data.copy()
+            if settings is not None:
+                kwargs["metadata"][GEOMETRY_KEY]["settings"] = settings.to_dict()
+            layer = self._viewer.add_labels(data, **kwargs)
+            layer.contour = 1 if self._contours.value else 0
+        else:
+            window = self._model.data.preprocessing.window if self._model is not None else None
+            if window is not None and window.modality == "ct":
+                kwargs["contrast_limits"] = (window.low, window.high)
+            self._viewer.add_image(data, **kwargs)
+
+    def _show_preview(self, stage: str, preview: np.ndarray) -> None:
+        if PREVIEW_LAYER in self._viewer.layers:
+            self._viewer.layers[PREVIEW_LAYER].data = preview
+            return
+        extra: dict[str, Any] = {}
+        if self._model is not None and stage == "masks":
+            extra = labels_style(self._model.data.labels)
+        add = self._viewer.add_labels if stage == "masks" else self._viewer.add_image
+        add(preview, name=PREVIEW_LAYER, opacity=0.5, **extra)
+
+    def _remove_preview(self) -> None:
+        if PREVIEW_LAYER in self._viewer.layers:
+            self._viewer.layers.remove(PREVIEW_LAYER)
+
+    def _layer_choices(self, layer_type: type) -> Callable[[Any], list]:
+        def choices(_widget: Any = None) -> list:
+            return [
+                (layer.name, layer)
+                for layer in self._viewer.layers
+                if isinstance(layer, layer_type) and layer.name != PREVIEW_LAYER
+            ]
+
+        return choices
+
+    def _refresh_layer_choices(self, _event: Any = None) -> None:
+        self._labels_layer.reset_choices()
+        self._image_layer.reset_choices()
+
+    def _require_layer(self, combo: ComboBox, what: str) -> Any:
+        if combo.value is None:
+            show_error(f"Choose {what} first.")
+        return combo.value
+
+    def _apply_contours(self) -> None:
+        for layer in self._viewer.layers:
+            if isinstance(layer, Labels) and GEOMETRY_KEY in layer.metadata:
+                layer.contour = 1 if self._contours.value else 0
+
+    def _toggle_ndisplay(self) -> None:
+        self._viewer.dims.ndisplay = 3 if self._viewer.dims.ndisplay == 2 else 2
+
+
+def _layer_meta(layer: Any) -> dict[str, Any]:
+    """What napari hands a writer for ``layer``: its metadata, scale and translate."""
+    return {
+        "metadata": layer.metadata,
+        "scale": tuple(layer.scale),
+        "translate": tuple(layer.translate),
+    }
+
+
+def _describe_error(exc: Exception) -> str:
+    from medgen3d.errors import InputError
+
+    if isinstance(exc, InputError):
+        return str(exc)
+    if type(exc).__name__ == "OutOfMemoryError":
+        return "the GPU ran out of memory; lower the depth or the number of samples, or use the CPU"
+    return f"unexpected {type(exc).__name__}: {exc}"

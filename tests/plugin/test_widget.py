@@ -1,0 +1,103 @@
+"""The MedGen3D dock widget with a tiny model, in a real viewer (run under xvfb-run)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from _stage_data import TINY_DATA as DATA
+from _stage_data import write_tiny_model
+
+pytestmark = pytest.mark.gui
+
+TIMEOUT_MS = 120_000
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    return write_tiny_model(tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture
+def widget(make_napari_viewer, tiny_model: Path, qtbot):
+    from napari_medgen3d._widget import MedGen3DWidget
+
+    viewer = make_napari_viewer()
+    widget = MedGen3DWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="MedGen3D")
+    widget._model_file.value = tiny_model / "masks.pt"  # picks the whole folder
+    widget._depth.value = 12
+    widget._steps.value = 2
+    widget._refine_steps.value = 2
+    return viewer, widget
+
+
+def _wait_idle(qtbot, widget) -> None:
+    qtbot.waitUntil(lambda: widget._worker is None and widget._pending is None, timeout=TIMEOUT_MS)
+
+
+def test_widget_is_contributed_by_the_manifest(make_napari_viewer) -> None:
+    viewer = make_napari_viewer()
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-medgen3d", "MedGen3D")
+    assert type(widget).__name__ == "MedGen3DWidget"
+
+
+def test_generate_pair_adds_aligned_layers_with_label_names(widget, qtbot) -> None:
+    viewer, w = widget
+    w.generate_pair()
+    qtbot.waitUntil(lambda: len(viewer.layers) == 2, timeout=TIMEOUT_MS)
+    _wait_idle(qtbot, w)
+    labels, image = viewer.layers["sample 0-0 labels"], viewer.layers["sample 0-0 image"]
+    assert labels.data.shape == image.data.shape == (12, 16, 16)
+    np.testing.assert_allclose(labels.scale, (3.0, 2.0, 2.0))
+    np.testing.assert_allclose(labels.scale, image.scale)
+    np.testing.assert_allclose(labels.translate, image.translate)
+    assert list(labels.features["name"]) == list(DATA.labels.names)
+    assert "4 heart" in w._info.value
+
+
+def test_complete_from_seeds_keeps_painted_slices(widget, qtbot) -> None:
+    viewer, w = widget
+    painted = np.zeros((12, 16, 16), dtype=np.uint8)
+    painted[2, 3:12, 3:12] = 1
+    painted[2, 6:9, 6:9] = 4
+    painted[9, 4:10, 4:10] = 2
+    seeds = viewer.add_labels(painted.copy(), name="seeds", scale=(3.0, 2.0, 2.0))
+    w._labels_layer.value = seeds
+    w.complete_from_seeds()
+    qtbot.waitUntil(lambda: "seeds completed" in viewer.layers, timeout=TIMEOUT_MS)
+    _wait_idle(qtbot, w)
+    completed = viewer.layers["seeds completed"]
+    np.testing.assert_array_equal(completed.data[[2, 9]], painted[[2, 9]])
+    np.testing.assert_allclose(completed.scale, seeds.scale)
+    np.testing.assert_array_equal(seeds.data, painted)  # the user's layer is untouched
+
+
+def test_cancel_leaves_layers_as_they_were(widget, qtbot) -> None:
+    viewer, w = widget
+    w._depth.value = 60
+    w._steps.value = 50
+    viewer.add_labels(np.zeros((4, 4, 4), dtype=np.uint8), name="existing")
+    names = [layer.name for layer in viewer.layers]
+    w.generate_pair()
+    qtbot.waitUntil(lambda: w._bar is not None, timeout=TIMEOUT_MS)  # work under way
+    w.cancel()
+    _wait_idle(qtbot, w)
+    assert [layer.name for layer in viewer.layers] == names
+
+
+def test_bad_model_path_is_a_notification_not_a_crash(widget, qtbot, tmp_path) -> None:
+    viewer, w = widget
+    junk = tmp_path / "broken.pt"
+    junk.write_bytes(b"not a checkpoint")
+    w._model_file.value = junk
+    errors = []
+    from napari.utils.notifications import notification_manager
+
+    notification_manager.notification_ready.connect(lambda n: errors.append(str(n.message)))
+    w.generate_masks()
+    _wait_idle(qtbot, w)
+    assert any("broken.pt" in message for message in errors)
+    assert len(viewer.layers) == 0

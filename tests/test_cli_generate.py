@@ -1,0 +1,179 @@
+"""`medgen3d generate` and `medgen3d info` end to end with a tiny model folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from _stage_data import write_tiny_model
+from medgen3d.cli import main
+from medgen3d.io import Volume, load_volume, save_volume
+
+FAST = ["--depth", "10", "--steps", "2", "--refine-steps", "2", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    return write_tiny_model(tmp_path_factory.mktemp("model"))
+
+
+def _generate(model: Path, out: Path, *extra: str) -> int:
+    return main(["generate", "--model", str(model), "--out", str(out), *FAST, *extra])
+
+
+def test_generate_writes_aligned_pairs_with_sidecars(tiny_model: Path, tmp_path: Path) -> None:
+    assert _generate(tiny_model, tmp_path, "-n", "2", "--seed", "4") == 0
+    for i in range(2):
+        image = load_volume(tmp_path / f"sample_{i:04d}_image.nii.gz", "image")
+        label = load_volume(tmp_path / f"sample_{i:04d}_label.nii.gz", "label")
+        assert image.shape == label.shape == (10, 16, 16)
+        np.testing.assert_allclose(image.affine, label.affine)
+        assert label.spacing == pytest.approx((3.0, 2.0, 2.0))
+        sidecar = json.loads((tmp_path / f"sample_{i:04d}.json").read_text())
+        assert sidecar["index"] == i and sidecar["base_seed"] == 4
+        assert sidecar["settings"]["depth"] == 10 and len(sidecar["model"]["sha256"]) == 64
+
+
+def test_sample_i_does_not_depend_on_n(tiny_model: Path, tmp_path: Path) -> None:
+    assert _generate(tiny_model, tmp_path / "one", "-n", "1", "--stage", "masks") == 0
+    assert _generate(tiny_model, tmp_path / "three", "-n", "3", "--stage", "masks") == 0
+    first = load_volume(tmp_path / "one" / "sample_0000_label.nii.gz", "label").data
+    again = load_volume(tmp_path / "three" / "sample_0000_label.nii.gz", "label").data
+    np.testing.assert_array_equal(first, again)
+    assert not (tmp_path / "one" / "sample_0000_image.nii.gz").exists()  # --stage masks
+
+
+def test_seed_mask_slices_are_kept_exactly(tiny_model: Path, tmp_path: Path) -> None:
+    seeds = np.zeros((10, 16, 16), dtype=np.uint8)
+    seeds[4, 2:14, 2:14] = 1
+    seeds[4, 5:9, 5:9] = 4
+    path = save_volume(Volume(seeds, np.diag([2.0, 2.0, 3.0, 1.0])), tmp_path / "seeds.nii.gz")
+    assert (
+        _generate(tiny_model, tmp_path / "out", "--seed-mask", str(path), "--stage", "masks") == 0
+    )
+    label = load_volume(tmp_path / "out" / "sample_0000_label.nii.gz", "label")
+    np.testing.assert_array_equal(label.data[4], seeds[4])
+
+
+def test_image_from_own_masks_keeps_their_geometry(tiny_model: Path, tmp_path: Path) -> None:
+    masks = tmp_path / "masks"
+    labels = np.zeros((20, 18, 12), dtype=np.uint8)
+    labels[4:16, 3:15, :] = 1
+    labels[8:12, 7:11, 2:10] = 4
+    affine = np.diag([-1.5, -1.9, 2.8, 1.0])
+    affine[:3, 3] = [12.0, -3.0, 40.0]
+    masks.mkdir()
+    nib.save(nib.Nifti1Image(labels, affine), masks / "case7.nii.gz")
+    assert (
+        main(
+            [
+                "generate",
+                "--model",
+                str(tiny_model),
+                "--masks",
+                str(masks),
+                "--out",
+                str(tmp_path / "out"),
+                *FAST,
+            ]
+        )
+        == 0
+    )
+    image = nib.load(tmp_path / "out" / "case7_image.nii.gz")
+    assert image.shape == labels.shape
+    np.testing.assert_allclose(image.affine, affine, atol=1e-6)
+    copied = nib.load(tmp_path / "out" / "case7_label.nii.gz")
+    np.testing.assert_array_equal(np.asanyarray(copied.dataobj), labels)
+
+
+def test_existing_sample_stops_the_run_before_any_work(
+    tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    (tmp_path / "sample_0001.json").write_text("{}")
+    assert _generate(tiny_model, tmp_path, "-n", "2") == 2
+    assert "sample_0001.json: already exists" in capsys.readouterr().err
+    assert not (tmp_path / "sample_0000_label.nii.gz").exists()
+
+
+def test_bad_model_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(b"\x80\x04junk")
+    assert _generate(evil, tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert "evil.pt" in err and "Traceback" not in err
+
+
+def test_info_describes_the_model(tiny_model: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["info", str(tiny_model)]) == 0
+    out = capsys.readouterr().out
+    assert "4 heart" in out and "16x16" in out and "refiner:" in out
+
+
+def test_two_processes_write_exactly_the_samples_of_one(tiny_model: Path, tmp_path: Path) -> None:
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    assert torchrun is not None
+    args = [
+        "-m",
+        "medgen3d",
+        "generate",
+        "--model",
+        str(tiny_model),
+        "-n",
+        "3",
+        "--seed",
+        "9",
+        "--stage",
+        "masks",
+        *FAST,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(
+        [
+            torchrun,
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            "29533",
+            *args,
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
+    assert (
+        main(
+            [
+                "generate",
+                "--model",
+                str(tiny_model),
+                "-n",
+                "3",
+                "--seed",
+                "9",
+                "--stage",
+                "masks",
+                *FAST,
+                "--out",
+                str(tmp_path / "one"),
+            ]
+        )
+        == 0
+    )
+    names = sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "two").iterdir())
+    assert len([n for n in names if n.endswith("_label.nii.gz")]) == 3
+    for name in names:
+        if name.endswith(".nii.gz"):
+            a = load_volume(tmp_path / "one" / name, "label").data
+            b = load_volume(tmp_path / "two" / name, "label").data
+            np.testing.assert_array_equal(a, b)
