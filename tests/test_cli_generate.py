@@ -120,9 +120,7 @@ def test_info_describes_the_model(tiny_model: Path, capsys: pytest.CaptureFixtur
 def test_two_processes_write_exactly_the_samples_of_one(tiny_model: Path, tmp_path: Path) -> None:
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     assert torchrun is not None
-    args = [
-        "-m",
-        "medgen3d",
+    generate = [
         "generate",
         "--model",
         str(tiny_model),
@@ -142,7 +140,9 @@ def test_two_processes_write_exactly_the_samples_of_one(tiny_model: Path, tmp_pa
             "2",
             "--master-port",
             "29533",
-            *args,
+            "-m",
+            "medgen3d",
+            *generate,
             "--out",
             str(tmp_path / "two"),
         ],
@@ -150,25 +150,7 @@ def test_two_processes_write_exactly_the_samples_of_one(tiny_model: Path, tmp_pa
         env=env,
         capture_output=True,
     )
-    assert (
-        main(
-            [
-                "generate",
-                "--model",
-                str(tiny_model),
-                "-n",
-                "3",
-                "--seed",
-                "9",
-                "--stage",
-                "masks",
-                *FAST,
-                "--out",
-                str(tmp_path / "one"),
-            ]
-        )
-        == 0
-    )
+    assert main([*generate, "--out", str(tmp_path / "one")]) == 0
     names = sorted(p.name for p in (tmp_path / "one").iterdir())
     assert names == sorted(p.name for p in (tmp_path / "two").iterdir())
     assert len([n for n in names if n.endswith("_label.nii.gz")]) == 3

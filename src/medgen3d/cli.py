@@ -23,14 +23,21 @@ __all__ = ["build_parser", "main"]
 log = logging.getLogger("medgen3d")
 
 
-def tqdm_progress(description: str) -> tuple[Callable[[int, int], None], Callable[[], None]]:
-    """A ``progress(done, total)`` callback drawing a tqdm bar, and a function closing it."""
+def tqdm_progress(
+    description: str, unit: str = "case"
+) -> tuple[Callable[..., None], Callable[[], None]]:
+    """A ``progress(done, total, postfix=None)`` callback drawing a tqdm bar, and a function
+    closing it. The bar starts at the first call, so a resumed run starts where it is."""
     bar: tqdm | None = None
 
-    def progress(done: int, total: int) -> None:
+    def progress(done: int, total: int, postfix: dict[str, str] | None = None) -> None:
         nonlocal bar
         if bar is None:
-            bar = tqdm(total=total, desc=description, unit="case", dynamic_ncols=True)
+            bar = tqdm(
+                total=total, initial=done - 1, desc=description, unit=unit, dynamic_ncols=True
+            )
+        if postfix:
+            bar.set_postfix(postfix, refresh=False)
         bar.update(done - bar.n)
 
     def close() -> None:
@@ -109,15 +116,7 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
 def _run_train(args: argparse.Namespace) -> None:
     from medgen3d.train.run import train_stage
 
-    bar: tqdm | None = None
-
-    def progress(step: int, total: int, losses: dict[str, float]) -> None:
-        nonlocal bar
-        if bar is None:
-            bar = tqdm(total=total, initial=step - 1, desc=f"train {args.stage}", unit="step")
-        bar.set_postfix({k: f"{v:.4f}" for k, v in losses.items()}, refresh=False)
-        bar.update(step - bar.n)
-
+    progress, close = tqdm_progress(f"train {args.stage}", unit="step")
     try:
         train_stage(
             args.stage,
@@ -128,11 +127,12 @@ def _run_train(args: argparse.Namespace) -> None:
             overwrite=args.overwrite,
             max_steps=args.max_steps,
             device=args.device,
-            progress=progress,
+            progress=lambda step, total, losses: progress(
+                step, total, {k: f"{v:.4f}" for k, v in losses.items()}
+            ),
         )
     finally:
-        if bar is not None:
-            bar.close()
+        close()
 
 
 def _add_generate(subparsers: argparse._SubParsersAction) -> None:
