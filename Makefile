@@ -21,7 +21,7 @@ $(STAMP): setup.cfg pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/medgen3d generate --model demo --out out/demo -n 1 --seed 0 --overwrite
 ifdef DISPLAY
-	$(VENV)/bin/napari -w napari-medgen3d -- out/demo/sample_0000_image.nii.gz out/demo/sample_0000_label.nii.gz
+	$(VENV)/bin/napari out/demo/sample_0000_image.nii.gz out/demo/sample_0000_label.nii.gz --plugin napari-medgen3d -w napari-medgen3d
 else
 	@echo "No display: wrote out/demo/; open it with napari -w napari-medgen3d on a desktop."
 endif

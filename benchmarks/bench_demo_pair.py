@@ -1,0 +1,71 @@
+"""Time one full demo pair (64 slices of 64x64), end to end and per stage.
+
+    .venv/bin/python benchmarks/bench_demo_pair.py [--depth 64] [--steps 25] [--refine-steps 8]
+
+Prints the wall time of `medgen3d generate --model demo` as a user runs it (a fresh process:
+imports, model loading, the three stages, writing the files), then the per-stage split
+measured in-process from the progress reports. Record the figures in benchmarks/README.md
+with the machine and its load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--depth", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--refine-steps", type=int, default=8)
+    args = parser.parse_args()
+    settings = [
+        "--depth",
+        str(args.depth),
+        "--steps",
+        str(args.steps),
+        "--refine-steps",
+        str(args.refine_steps),
+        "--device",
+        "cpu",
+    ]
+
+    with tempfile.TemporaryDirectory() as out:
+        script = Path(sys.executable).with_name("medgen3d")
+        start = time.perf_counter()
+        subprocess.run(
+            [script, "generate", "--model", "demo", "--out", out, *settings],
+            check=True,
+            capture_output=True,
+        )
+        wall = time.perf_counter() - start
+    print(f"end to end (fresh process, CLI): {wall:.1f} s  [load {os.getloadavg()[0]:.1f}]")
+
+    from medgen3d.generate import GenerationSettings, generate_pair
+    from medgen3d.model import load_model
+
+    start = time.perf_counter()
+    model = load_model("demo", "cpu")
+    print(f"model loading: {time.perf_counter() - start:.1f} s")
+    stage_times: dict[str, float] = {}
+    work = generate_pair(
+        model,
+        GenerationSettings(depth=args.depth, steps=args.steps, refine_steps=args.refine_steps),
+    )
+    last = time.perf_counter()
+    for report in work:
+        now = time.perf_counter()
+        stage_times[report.stage] = stage_times.get(report.stage, 0.0) + now - last
+        last = now
+    for stage, seconds in stage_times.items():
+        print(f"{stage:8s} {seconds:6.1f} s")
+
+
+if __name__ == "__main__":
+    main()
