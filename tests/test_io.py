@@ -500,3 +500,15 @@ def test_real_label_round_trip_is_bit_identical(real_case, tmp_path, name):
     assert saved_raw.dtype == vol.data.dtype
     np.testing.assert_allclose(saved.affine, original.affine, atol=1e-5)
     assert nib.aff2axcodes(saved.affine) == nib.aff2axcodes(original.affine)
+
+
+def test_written_files_get_normal_permissions(tmp_path: Path) -> None:
+    import stat
+
+    mask = os.umask(0o022)
+    try:
+        with atomic_output(tmp_path / "out.txt") as tmp:
+            tmp.write_text("x")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "out.txt").stat().st_mode) == 0o644

@@ -233,9 +233,17 @@ def atomic_output(path: str | Path, *, overwrite: bool = False) -> Iterator[Path
         yield tmp
         if path.exists() and not overwrite:  # appeared while we were writing
             raise OutputExistsError(path)
+        # mkstemp creates the file private (0600); give it the permissions of a normal file
+        os.chmod(tmp, 0o666 & ~_current_umask())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _squeeze_to_3d(img: nib.Nifti1Image, path: Path) -> nib.Nifti1Image:
