@@ -4,7 +4,7 @@
 
 Opens the pair with the plugin's reader (so placement and label colours are the ones users
 see), docks the MedGen3D widget, and saves ``pair_2d.png`` (the middle axial slice, with
-the widget) and ``pair_3d.png`` (the canvas in 3D).
+the widget) and ``pair_3d.png`` (the organs in 3D, the body made transparent).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 
 import napari
 import numpy as np
+from napari.utils.colormaps import DirectLabelColormap
 
 
 def main() -> None:
@@ -38,10 +39,14 @@ def main() -> None:
     viewer.screenshot(str(out / "pair_2d.png"), canvas_only=False, flash=False)
 
     viewer.dims.ndisplay = 3
-    image.rendering = "attenuated_mip"
-    labels.opacity = 0.7
-    viewer.camera.angles = (0, -60, 100)
-    viewer.camera.zoom = 1.2
+    image.visible = False
+    labels.opacity = 0.9
+    body = labels.features["index"][list(labels.features["name"]).index("body")]
+    colours = dict(labels.colormap.color_dict)
+    colours[int(body)] = np.zeros(4)  # the body would hide the organs inside it
+    labels.colormap = DirectLabelColormap(color_dict=colours)
+    viewer.camera.angles = (-20, 35, 150)
+    viewer.camera.zoom = 1.1
     shot = viewer.screenshot(str(out / "pair_3d.png"), canvas_only=True, flash=False)
     print(f"wrote {out / 'pair_2d.png'} and {out / 'pair_3d.png'} (3D std {np.std(shot):.1f})")
     viewer.close()

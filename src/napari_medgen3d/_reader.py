@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from medgen3d.io import is_nifti_path, load_volume_any
+from medgen3d.labels import LabelTable
 from napari_medgen3d._layers import LayerDataTuple, volume_to_layer
 
 
@@ -23,5 +25,19 @@ def read_nifti(path: str | list[str]) -> list[LayerDataTuple]:
     for p in paths:
         volume, kind = load_volume_any(p)
         name = Path(p).name.removesuffix(".gz").removesuffix(".nii")
-        layers.append(volume_to_layer(volume, "labels" if kind == "label" else "image", name))
+        if kind == "label":
+            layers.append(volume_to_layer(volume, "labels", name, _sidecar_table(Path(p))))
+        else:
+            layers.append(volume_to_layer(volume, "image", name))
     return layers
+
+
+def _sidecar_table(label_path: Path) -> LabelTable | None:
+    """The label table in the JSON sidecar of a generated pair (``CASE.json`` beside
+    ``CASE_label.nii.gz``), so its names and colours show; ``None`` when there is none."""
+    case = label_path.name.removesuffix(".gz").removesuffix(".nii").removesuffix("_label")
+    sidecar = label_path.with_name(f"{case}.json")
+    try:
+        return LabelTable.from_dict(json.loads(sidecar.read_text())["labels"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

@@ -98,3 +98,17 @@ def test_sample_data_is_an_aligned_phantom_pair() -> None:
     assert image_kwargs["translate"] == label_kwargs["translate"]
     np.testing.assert_array_equal(labels, make_phantom(seed=0).label.data)
     assert list(label_kwargs["features"]["name"]) == list(PHANTOM_TABLE.names)
+
+
+def test_labels_of_a_generated_pair_get_the_sidecar_names(tmp_nifti, tmp_path: Path) -> None:
+    import json
+
+    labels = np.zeros((6, 6, 6), dtype=np.uint8)
+    labels[1:3, 1:3, 1:3] = 4
+    path = tmp_nifti(labels, np.eye(4), "sample_0003_label.nii.gz")
+    (tmp_path / "sample_0003.json").write_text(json.dumps({"labels": PHANTOM_TABLE.to_dict()}))
+    [(_, kwargs, kind)] = get_reader(str(path))(str(path))
+    assert kind == "labels"
+    assert list(kwargs["features"]["name"]) == list(PHANTOM_TABLE.names)
+    heart = PHANTOM_TABLE.labels[4].rgba
+    np.testing.assert_allclose(kwargs["colormap"].color_dict[4], heart)

@@ -1,0 +1,52 @@
+"""The bundled demo model: present, small, and generating phantom-like aligned pairs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from medgen3d.cli import main
+from medgen3d.io import load_volume
+from medgen3d.model import demo_model_path, load_model
+from medgen3d.phantom import PHANTOM_TABLE
+
+
+def test_demo_model_holds_three_small_stages_for_the_phantom() -> None:
+    files = sorted(demo_model_path().glob("*.pt"))
+    assert [f.name for f in files] == ["images.pt", "masks.pt", "refiner.pt"]
+    assert sum(f.stat().st_size for f in files) <= 25e6
+    model = load_model("demo")
+    assert model.data.labels == PHANTOM_TABLE
+    assert set(model.stages) == {"masks", "images", "refiner"}
+    assert all(c.training is None for c in model.checkpoints.values())  # inference only
+
+
+def test_demo_pair_is_aligned_and_has_the_phantoms_tissues(tmp_path: Path) -> None:
+    args = [
+        "generate",
+        "--model",
+        "demo",
+        "--out",
+        str(tmp_path),
+        "--depth",
+        "24",
+        "--steps",
+        "5",
+        "--refine-steps",
+        "2",
+        "--device",
+        "cpu",
+    ]
+    assert main(args) == 0
+    image = load_volume(tmp_path / "sample_0000_image.nii.gz", "image")
+    label = load_volume(tmp_path / "sample_0000_label.nii.gz", "label")
+    assert image.shape == label.shape == (24, 64, 64)
+    np.testing.assert_allclose(image.affine, label.affine)
+    assert label.spacing == (5.0, 6.0, 6.0)
+    fraction = {v: float((label.data == v).mean()) for v in PHANTOM_TABLE.values}
+    assert fraction[1] > 0.05 and fraction[2] + fraction[3] > 0.02  # body and lungs
+    mean_hu = {v: float(image.data[label.data == v].mean()) for v in (0, 1, 2, 3) if fraction[v]}
+    assert mean_hu[0] < -900  # air outside the body
+    assert -300 < mean_hu[1] < 200  # soft tissue
+    assert all(mean_hu[v] < -500 for v in (2, 3) if v in mean_hu)  # aerated lungs
