@@ -10,6 +10,7 @@ import pytest
 import torch
 from scipy import ndimage
 
+from _geometry import oblique_affine
 from _stage_data import LENGTH, OVERLAP, TINY_GENERATOR, TINY_REFINER
 from medgen3d.errors import InputError
 from medgen3d.io import load_volume, save_volume
@@ -52,14 +53,7 @@ def refiner() -> SemanticRefiner:
 
 def _oblique_lps_affine() -> np.ndarray:
     """Anisotropic voxels (1.7 x 2.1 x 3.3 mm), rotated 20 degrees about z, axes L, P, S."""
-    angle = np.deg2rad(20)
-    rotation = np.array(
-        [[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]]
-    )
-    affine = np.eye(4)
-    affine[:3, :3] = np.diag([-1.0, -1.0, 1.0]) @ rotation @ np.diag([1.7, 2.1, 3.3])
-    affine[:3, 3] = [40.0, 25.0, -60.0]
-    return affine
+    return oblique_affine(20, (1.7, 2.1, 3.3), (40.0, 25.0, -60.0), flips=(-1, -1, 1))
 
 
 def _user_mask(folder: Path, extra_value: int | None = None) -> Path:

@@ -6,6 +6,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from _geometry import oblique_affine
 from medgen3d.io import Volume, load_pair
 from medgen3d.preprocessing import (
     IntensityWindow,
@@ -20,16 +21,7 @@ AXIS_ALIGNED = np.array(
 )
 
 
-def _oblique() -> np.ndarray:
-    t = np.deg2rad(20)
-    rot = np.array([[np.cos(t), -np.sin(t), 0], [np.sin(t), np.cos(t), 0], [0, 0, 1]])
-    affine = np.eye(4)
-    affine[:3, :3] = rot @ np.diag([0.7, 0.9, 2.5])
-    affine[:3, 3] = (-12.0, 3.0, 40.0)
-    return affine
-
-
-OBLIQUE = _oblique()
+OBLIQUE = oblique_affine(20, (0.7, 0.9, 2.5), (-12.0, 3.0, 40.0))
 GRADIENT = np.array([6.0, -4.0, 3.0])  # HU per mm along world (x, y, z)
 
 

@@ -8,6 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from _geometry import oblique_affine
 from medgen3d.phantom import PHANTOM_TABLE, make_phantom
 from napari_medgen3d._reader import get_reader
 from napari_medgen3d._sample_data import thoracic_phantom
@@ -15,14 +16,7 @@ from napari_medgen3d._writer import write_image, write_labels
 
 
 def _oblique_lps_affine() -> np.ndarray:
-    angle = np.deg2rad(15)
-    rotation = np.array(
-        [[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]]
-    )
-    affine = np.eye(4)
-    affine[:3, :3] = np.diag([-1, -1, 1]) @ rotation @ np.diag([0.8, 1.1, 3.0])
-    affine[:3, 3] = [40.0, -12.5, 7.25]
-    return affine
+    return oblique_affine(15, (0.8, 1.1, 3.0), (40.0, -12.5, 7.25), flips=(-1, -1, 1))
 
 
 def _layer_meta(kwargs: dict) -> dict:
