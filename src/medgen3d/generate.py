@@ -100,9 +100,7 @@ def sample_seed(base_seed: int, index: int) -> int:
 
 def model_grid(data: DataSpec, depth: int) -> np.ndarray:
     """The affine of a freshly generated volume: the model's spacing, centred on the origin."""
-    size = data.preprocessing.size
-    if size is None:
-        raise InputError("the model was trained without a fixed in-plane size; give a mask")
+    size = _model_size(data)
     spacing_zyx = data.preprocessing.spacing or (1.0, 1.0, 1.0)
     shape_xyz = np.array([size[1], size[0], depth], dtype=float)
     spacing_xyz = np.array(spacing_zyx[::-1], dtype=float)
