@@ -400,25 +400,27 @@ class MedGen3DWidget(Container):
             self._viewer.add_image(data, **kwargs)
 
     def _show_preview(self, stage: str, preview: np.ndarray) -> None:
-        if PREVIEW_LAYER in self._viewer.layers:
-            self._viewer.layers[PREVIEW_LAYER].data = preview
+        # masks preview as labels, images as an image: one layer of each kind, never mixed
+        name = f"{PREVIEW_LAYER} ({stage})"
+        if name in self._viewer.layers:
+            self._viewer.layers[name].data = preview
             return
         extra: dict[str, Any] = {}
         if self._model is not None and stage == "masks":
             extra = labels_style(self._model.data.labels)
         add = self._viewer.add_labels if stage == "masks" else self._viewer.add_image
-        add(preview, name=PREVIEW_LAYER, opacity=0.5, **extra)
+        add(preview, name=name, opacity=0.5, **extra)
 
     def _remove_preview(self) -> None:
-        if PREVIEW_LAYER in self._viewer.layers:
-            self._viewer.layers.remove(PREVIEW_LAYER)
+        for layer in [layer for layer in self._viewer.layers if _is_preview(layer)]:
+            self._viewer.layers.remove(layer)
 
     def _layer_choices(self, layer_type: type) -> Callable[[Any], list]:
         def choices(_widget: Any = None) -> list:
             return [
                 (layer.name, layer)
                 for layer in self._viewer.layers
-                if isinstance(layer, layer_type) and layer.name != PREVIEW_LAYER
+                if isinstance(layer, layer_type) and not _is_preview(layer)
             ]
 
         return choices
@@ -445,6 +447,10 @@ class MedGen3DWidget(Container):
 
     def _toggle_ndisplay(self) -> None:
         self._viewer.dims.ndisplay = 3 if self._viewer.dims.ndisplay == 2 else 2
+
+
+def _is_preview(layer: Any) -> bool:
+    return layer.name.startswith(PREVIEW_LAYER)
 
 
 def _volume(layer: Any) -> Volume:

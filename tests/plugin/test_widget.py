@@ -47,8 +47,9 @@ def test_widget_is_contributed_by_the_manifest(make_napari_viewer) -> None:
 def test_generate_pair_adds_aligned_layers_with_label_names(widget, qtbot) -> None:
     viewer, w = widget
     w.generate_pair()
-    qtbot.waitUntil(lambda: len(viewer.layers) == 2, timeout=TIMEOUT_MS)
+    qtbot.waitUntil(lambda: "sample 0-0 image" in viewer.layers, timeout=TIMEOUT_MS)
     _wait_idle(qtbot, w)
+    assert len(viewer.layers) == 2  # the previews are gone
     labels, image = viewer.layers["sample 0-0 labels"], viewer.layers["sample 0-0 image"]
     assert labels.data.shape == image.data.shape == (12, 16, 16)
     np.testing.assert_allclose(labels.scale, (3.0, 2.0, 2.0))
