@@ -129,3 +129,19 @@ def test_batch_must_divide_over_processes(bank: CaseBank, tmp_path: Path) -> Non
     three = Runtime(torch.device("cpu"), rank=0, world_size=3)
     with pytest.raises(InputError, match="does not divide over 3 processes"):
         fit(LabelsToIntensity(SETTINGS), bank, SPEC, SETTINGS, three, tmp_path / "c.pt")
+
+
+def test_label_intensities_are_each_labels_percentiles_in_physical_units(bank: CaseBank) -> None:
+    window = SPEC.preprocessing.window
+    ranges = bank.label_intensities(window, TABLE.names)
+    heart = TABLE.names.index("heart")
+    voxels = np.concatenate(
+        [
+            window.to_physical(i[lab == heart])
+            for i, lab in zip(bank.images, bank.labels, strict=True)
+        ]
+    )
+    assert ranges["heart"] == pytest.approx(np.percentile(voxels, [1, 50, 99]).tolist())
+    # the phantom's tissues in HU (blurred at 16x16): air, then lung, soft tissue, bone
+    assert ranges["background"][1] == pytest.approx(-1000, abs=30)
+    assert ranges["right_lung"][1] < -500 < ranges["heart"][1] < ranges["spine"][1]

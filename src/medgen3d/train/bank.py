@@ -9,7 +9,7 @@ a run on N processes follow the run on one.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,9 +18,13 @@ import torch
 
 from medgen3d.datasets import discover_pairs, load_case
 from medgen3d.errors import InputError
+from medgen3d.preprocessing import IntensityWindow
 from medgen3d.recipe import DataSpec
 
-__all__ = ["CaseBank"]
+__all__ = ["INTENSITY_PERCENTILES", "CaseBank"]
+
+# The percentiles of each label's intensities that a model records about its training data.
+INTENSITY_PERCENTILES = (1.0, 50.0, 99.0)
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,28 @@ class CaseBank:
 
     def __len__(self) -> int:
         return len(self.images)
+
+    def label_intensities(
+        self, window: IntensityWindow, names: Sequence[str]
+    ) -> dict[str, list[float]]:
+        """Per label name, :data:`INTENSITY_PERCENTILES` of its voxels in physical units.
+
+        Recorded in every checkpoint's provenance, so a generated pair can later be checked
+        against the intensities its model was trained on (``medgen3d check``) without the
+        training data. Labels with no voxel in the bank are left out.
+        """
+        ranges = {}
+        for channel, name in enumerate(names):
+            values = np.concatenate(
+                [
+                    image[label == channel]
+                    for image, label in zip(self.images, self.labels, strict=True)
+                ]
+            )
+            if values.size:
+                physical = window.to_physical(values)
+                ranges[name] = [float(v) for v in np.percentile(physical, INTENSITY_PERCENTILES)]
+        return ranges
 
     def sample_sequences(
         self, batch_size: int, length: int, generator: torch.Generator

@@ -97,6 +97,9 @@ def _train(stage, data_dir, recipe, settings, out, runtime, resume, overwrite, p
         "cases": len(bank),
         "recipe": None if recipe.path is None else str(recipe.path),
         "processes": runtime.world_size,
+        "label_intensities": bank.label_intensities(
+            recipe.data.preprocessing.window, recipe.data.labels.names
+        ),
     }
     return fit(
         task,
