@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medgen3d.datasets import CasePaths, discover_pairs, load_case
+from medgen3d.datasets import CasePaths, case_from_file, discover_pairs, find_pairs, load_case
 from medgen3d.errors import InputError
 from medgen3d.labels import bundled_table
 from medgen3d.preprocessing import Preprocessing
@@ -86,6 +86,30 @@ def test_paired_files_layout(tmp_path, write_pair):
         ("b", "b_image.nii.gz", "b_label.nii.gz"),
         ("c", "c_image.nii.gz", "c_label.nii"),
     ]
+
+
+def test_a_pair_is_found_from_either_file_or_its_sidecar(tmp_path, write_pair):
+    image, label = write_pair("out/s_0001_image.nii.gz", "out/s_0001_label.nii")
+    sidecar = tmp_path / "out" / "s_0001.json"
+    sidecar.write_text("{}")
+    for path in (image, label, sidecar):
+        assert case_from_file(path) == CasePaths("s_0001", image, label)
+
+
+def test_a_file_without_its_partner_is_named(tmp_path, write_pair):
+    image, _ = write_pair("out/lonely_image.nii.gz", None)
+    with pytest.raises(InputError, match=r"lonely_image\.nii\.gz.*lonely_label"):
+        case_from_file(image)
+    with pytest.raises(InputError, match="no such file"):
+        case_from_file(tmp_path / "missing_image.nii.gz")
+
+
+def test_find_pairs_mixes_folders_and_files_in_the_order_given(tmp_path, write_pair):
+    write_pair("set/a_image.nii.gz", "set/a_label.nii.gz")
+    write_pair("set/b_image.nii.gz", "set/b_label.nii.gz")
+    single, _ = write_pair("other/z_image.nii.gz", "other/z_label.nii.gz")
+    found = find_pairs([single, tmp_path / "set"])
+    assert [case.name for case in found] == ["z", "a", "b"]
 
 
 def test_case_folders_layout(tmp_path, write_pair):

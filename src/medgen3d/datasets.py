@@ -13,7 +13,7 @@ Layouts recognised by :func:`discover_pairs`, tried in this order:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +22,7 @@ from medgen3d.io import NIFTI_SUFFIXES, Volume, load_pair
 from medgen3d.labels import LabelTable
 from medgen3d.preprocessing import Preprocessing, preprocess_pair
 
-__all__ = ["CasePaths", "discover_pairs", "load_case"]
+__all__ = ["CasePaths", "case_from_file", "discover_pairs", "find_pairs", "load_case"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,40 @@ def discover_pairs(root: str | Path) -> list[CasePaths]:
         "CASE_image.nii.gz + CASE_label.nii.gz files, or CASE/image.nii.gz + CASE/label.nii.gz",
         root,
     )
+
+
+def case_from_file(path: str | Path) -> CasePaths:
+    """The pair that a file of a ``CASE_image`` / ``CASE_label`` pair belongs to.
+
+    ``path`` may be either file of the pair, or ``CASE.json`` (the sidecar ``medgen3d
+    generate`` writes beside them).
+
+    Raises:
+        InputError: naming ``path``, when it is not part of such a pair or its partner is
+            missing.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("no such file", path)
+    stem = path.name[: -len(".json")] if path.suffix == ".json" else _strip_nifti_suffix(path.name)
+    case = stem.removesuffix("_image").removesuffix("_label")
+    image = _first_existing(path.parent, f"{case}_image")
+    label = _first_existing(path.parent, f"{case}_label")
+    if image is None or label is None:
+        raise InputError(
+            f"is not part of a {case}_image.nii.gz + {case}_label.nii.gz pair in its folder", path
+        )
+    return CasePaths(case, image, label)
+
+
+def find_pairs(paths: Sequence[str | Path]) -> list[CasePaths]:
+    """The pairs named by ``paths``: folders in any :func:`discover_pairs` layout, or files
+    of single pairs (:func:`case_from_file`), in the order given."""
+    cases = []
+    for path in paths:
+        found = discover_pairs(path) if Path(path).is_dir() else [case_from_file(path)]
+        cases.extend(found)
+    return cases
 
 
 def load_case(
