@@ -52,9 +52,12 @@ TINY_DATA = DataSpec(
 TINY_MASKS = {"channels": [8, 8], "attention_levels": [False, False], "norm_num_groups": 4}
 
 
-def write_tiny_model(folder: Path) -> Path:
+def write_tiny_model(
+    folder: Path, data: DataSpec = TINY_DATA, provenance: dict[str, Any] | None = None
+) -> Path:
     """A three-stage model folder (masks.pt, images.pt, refiner.pt) of untrained tiny networks
-    on :data:`TINY_DATA`: what the CLI and the widget load in tests."""
+    on ``data``: what the CLI and the widget load in tests. ``provenance`` adds to what the
+    checkpoints record of their training (e.g. ``label_intensities``)."""
     import torch
 
     from medgen3d.checkpoint import Checkpoint, save_checkpoint
@@ -63,19 +66,20 @@ def write_tiny_model(folder: Path) -> Path:
     from medgen3d.models.refiner import RefinerConfig, build_refiner_network
 
     torch.manual_seed(0)
-    masks = MaskDiffusionModel.build(TINY_DATA, TINY_MASKS)
+    masks = MaskDiffusionModel.build(data, TINY_MASKS)
     refiner = build_refiner_network(RefinerConfig.from_dict(TINY_REFINER), len(TINY_DATA.labels))
     stages = {
         "masks": (masks.network, "network", masks.config),
         "images": (
-            build_image_generator(TINY_GENERATOR, TINY_DATA),
+            build_image_generator(TINY_GENERATOR, data),
             "generator",
             {"generator": TINY_GENERATOR},
         ),
         "refiner": (refiner, "refiner", TINY_REFINER),
     }
     for stage, (network, name, config) in stages.items():
-        config = {"data": TINY_DATA.to_dict(), "model": config, "provenance": {"steps": 0}}
+        record = {"steps": 0, **(provenance or {})}
+        config = {"data": data.to_dict(), "model": config, "provenance": record}
         checkpoint = Checkpoint(stage, config, {name: network.state_dict()})
         save_checkpoint(checkpoint, folder / f"{stage}.pt", overwrite=True)
     return folder

@@ -36,11 +36,14 @@ def _inputs(batch: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
     }
 
 
-def _build(layout: str = "2d", data: DataSpec = DATA) -> MaskDiffusionModel:
+def _build(
+    layout: str = "2d", data: DataSpec = DATA, coordinates: bool = True
+) -> MaskDiffusionModel:
     """A tiny model with every weight random: MONAI zero-initialises the output layer,
     which would make every comparison of outputs trivially equal."""
     torch.manual_seed(0)
-    model = MaskDiffusionModel.build(data, {**TINY, "layout": layout})
+    config = {**TINY, "layout": layout, "coordinates": coordinates}
+    model = MaskDiffusionModel.build(data, config)
     with torch.no_grad():
         for parameter in model.network.parameters():
             parameter.add_(0.1 * torch.randn_like(parameter))
@@ -115,6 +118,27 @@ def test_position_and_known_slices_change_the_output(layout: str) -> None:
     unknown = _predict(model, {**inputs, "known": torch.zeros(2, 4, dtype=torch.bool)})
     for other in (moved, dropped, unknown):
         assert not torch.allclose(base, other, atol=1e-5)
+
+
+@pytest.mark.parametrize("layout", ["2d", "3d"])
+def test_coordinates_tell_the_network_where_in_the_plane_it_is(layout: str) -> None:
+    """Pure noise carries no position: from a featureless input, only the coordinate
+    channels let the output differ across the middle of the plane (far from the padding)."""
+    wide = DataSpec(TABLE, Preprocessing(size=(64, 64)), sequence_length=4, overlap=1)
+    flat = {
+        "x": torch.zeros(1, len(TABLE), 4, 64, 64),
+        "timesteps": torch.tensor([999]),
+        "known_values": torch.zeros(1, len(TABLE), 4, 64, 64),
+        "known": torch.zeros(1, 4, dtype=torch.bool),
+        "position": torch.tensor([0.5]),
+    }
+    spread = {
+        coordinates: _predict(_build(layout, wide, coordinates), flat)[..., 26:38, 26:38]
+        .std(dim=(-2, -1))
+        .max()
+        for coordinates in (True, False)
+    }
+    assert spread[True] > 1e-3 > 1e-4 > spread[False]
 
 
 def test_values_of_unknown_slices_are_ignored() -> None:

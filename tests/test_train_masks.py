@@ -132,6 +132,16 @@ def test_position_condition_follows_the_data(trained, bank: CaseBank) -> None:
     assert base[1] > top[1]  # and more body at the bases
 
 
+@pytest.mark.slow
+def test_samples_draw_the_body_where_the_data_has_it(trained, bank: CaseBank) -> None:
+    _, model, _ = trained
+    middle = [v[v.shape[0] // 2 - 2 : v.shape[0] // 2 + 2] for v in bank.labels]
+    data_body = np.mean([(v > 0).mean(axis=0) for v in middle], axis=0)
+    sampled_body = (_sample_at(model, 0.5, n=16) > 0).mean(axis=(0, 1))
+    # per-pixel frequency of "inside the body": where, not only how much
+    assert np.corrcoef(data_body.ravel(), sampled_body.ravel())[0, 1] > 0.8
+
+
 def test_batches_are_seeded_and_hold_every_condition(bank: CaseBank) -> None:
     torch.manual_seed(0)
     task = build_task(DATA, StageRecipe(MODEL, SETTINGS), CPU)

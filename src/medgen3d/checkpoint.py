@@ -26,11 +26,22 @@ import torch
 from medgen3d.errors import InputError
 from medgen3d.io import atomic_output
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "STAGES", "Checkpoint", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "MODEL_STAGES",
+    "STAGES",
+    "Checkpoint",
+    "load_checkpoint",
+    "save_checkpoint",
+]
 
 FORMAT = "medgen3d-checkpoint"
 FORMAT_VERSION = 1
-STAGES = ("masks", "images", "refiner")
+# The stages of a generative model (a model folder holds one file per stage) ...
+MODEL_STAGES = ("masks", "images", "refiner")
+# ... and every stage a checkpoint may hold: those, plus the evaluation segmenter.
+STAGES = (*MODEL_STAGES, "segmenter")
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,8 @@ import functools
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -262,6 +264,130 @@ def _run_export(args: argparse.Namespace) -> None:
     log.info("wrote %s", manifest)
 
 
+def stage_progress() -> tuple[Callable[..., None], Callable[[], None]]:
+    """A callback for :class:`~medgen3d.progress.Progress` reports drawing one tqdm bar per
+    stage (a new bar whenever the stage changes), and a function closing the last one."""
+    current: dict[str, Any] = {"stage": None, "close": lambda: None}
+
+    def show(report: Any) -> None:
+        if report.stage != current["stage"]:
+            current["close"]()
+            current["update"], current["close"] = tqdm_progress(report.stage, unit="step")
+            current["stage"] = report.stage
+        current["update"](report.done, report.total)
+
+    return show, lambda: current["close"]()
+
+
+def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "evaluate",
+        help="measure fidelity, diversity, alignment, anatomy and downstream use of pairs",
+        description="Compare synthetic pairs with real ones on the model's grid and write "
+        "report.md, metrics.json, figures/ and segmenter.pt (for `medgen3d check`) to --out. "
+        "A segmenter (MONAI SegResNet) is trained on part of the real set unless --segmenter "
+        "is given; the rest of the real set scores it.",
+    )
+    p.add_argument("--real", required=True, help="folder of real pairs (any layout)")
+    p.add_argument("--synthetic", required=True, help="folder of generated pairs")
+    p.add_argument("--out", required=True, help="report folder")
+    p.add_argument("--model", default="demo", help="the model whose grid, window and labels apply")
+    p.add_argument("--segmenter", help="a segmenter.pt from an earlier report, instead of training")
+    p.add_argument("--steps", type=int, default=300, help="training steps of each segmenter")
+    p.add_argument("--held-out", type=float, default=0.25, help="fraction of real cases held out")
+    p.add_argument("--downstream-real", type=int, default=2, help="real cases, downstream arms")
+    p.add_argument("--no-downstream", action="store_true", help="skip the downstream experiment")
+    p.add_argument("--seed", type=int, default=0, help="split and training seed")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier report in --out")
+    p.set_defaults(run=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> None:
+    import shlex
+
+    from medgen3d.errors import OutputExistsError
+    from medgen3d.evaluation.evaluate import EvaluationSettings, evaluate
+    from medgen3d.evaluation.report import REPORT_FILES, write_report
+    from medgen3d.evaluation.segmenter import Segmenter, SegmenterSettings
+    from medgen3d.model import load_model
+    from medgen3d.progress import drain
+    from medgen3d.runtime import resolve_device
+
+    existing = [Path(args.out) / f for f in REPORT_FILES if (Path(args.out) / f).exists()]
+    if existing and not args.overwrite:  # before the work, not after it
+        raise OutputExistsError(existing[0])
+    device = resolve_device(args.device)
+    data = load_model(args.model).data
+    settings = EvaluationSettings(
+        segmenter=SegmenterSettings(steps=args.steps),
+        held_out=args.held_out,
+        downstream=not args.no_downstream,
+        downstream_real=args.downstream_real,
+        seed=args.seed,
+    )
+    segmenter = Segmenter.load(args.segmenter, device) if args.segmenter else None
+    show, close = stage_progress()
+    try:
+        evaluation = drain(
+            evaluate(args.real, args.synthetic, data, settings, segmenter=segmenter, device=device),
+            show,
+        )
+    finally:
+        close()
+    command = "medgen3d " + shlex.join(args.argv)
+    write_report(evaluation, args.out, command=command, overwrite=args.overwrite)
+    log.info("wrote %s", Path(args.out) / "report.md")
+
+
+def _add_check(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "check",
+        help="flag generated pairs with implausible intensities or poor alignment",
+        description="Check each pair's per-label intensities against the model's training "
+        "ranges and, with --segmenter, its image/mask alignment. Exit status 1 when any "
+        "pair is flagged, so scripts can drop them before export.",
+    )
+    p.add_argument("pairs", nargs="+", help="pair files (image, label or .json) or folders")
+    p.add_argument("--model", default="demo", help="the model that generated them")
+    p.add_argument("--segmenter", help="segmenter.pt written by `medgen3d evaluate`")
+    p.add_argument("--min-dice", type=float, default=None, help="lowest mean Dice accepted")
+    p.add_argument("--json", help="also write the findings to this JSON file")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    p.set_defaults(run=_run_check)
+
+
+def _run_check(args: argparse.Namespace) -> int:
+    import json
+
+    from medgen3d.datasets import find_pairs
+    from medgen3d.evaluation.check import DEFAULT_MIN_DICE, check_pairs, training_intensities
+    from medgen3d.evaluation.segmenter import Segmenter
+    from medgen3d.io import atomic_output
+    from medgen3d.model import load_model
+    from medgen3d.progress import drain
+    from medgen3d.runtime import resolve_device
+
+    device = resolve_device(args.device)
+    model = load_model(args.model)
+    segmenter = Segmenter.load(args.segmenter, device) if args.segmenter else None
+    min_dice = DEFAULT_MIN_DICE if args.min_dice is None else args.min_dice
+    work = check_pairs(
+        find_pairs(args.pairs), model.data, training_intensities(model), segmenter, min_dice
+    )
+    progress, close = tqdm_progress("check", unit="pair")
+    try:
+        results = drain(work, lambda report: progress(report.done, report.total))
+    finally:
+        close()
+    for result in results:
+        print(result.describe())
+    if args.json:
+        with atomic_output(args.json, overwrite=True) as tmp:
+            tmp.write_text(json.dumps([r.to_dict() for r in results], indent=2) + "\n")
+    return 0 if all(r.ok for r in results) else 1
+
+
 def _add_info(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("info", help="say what a model holds")
     p.add_argument("model", nargs="?", default="demo", help="demo, a model folder or a .pt file")
@@ -304,6 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(subparsers)
     _add_generate(subparsers)
     _add_export(subparsers)
+    _add_evaluate(subparsers)
+    _add_check(subparsers)
     _add_info(subparsers)
     _add_pack_model(subparsers)
     return parser
@@ -311,20 +439,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``medgen3d`` console script; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # quoted in what a command writes, so its output says how it was made
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        args.run(args)
+        status = args.run(args)
     except InputError as exc:
         print(f"medgen3d {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"medgen3d {args.command}: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

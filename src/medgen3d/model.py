@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from medgen3d.checkpoint import STAGES, Checkpoint, load_checkpoint, save_checkpoint
+from medgen3d.checkpoint import MODEL_STAGES, Checkpoint, load_checkpoint, save_checkpoint
 from medgen3d.errors import InputError
 from medgen3d.recipe import DataSpec
 
@@ -82,7 +82,7 @@ class GenerativeModel:
                 else f"percentiles [{window.low:g}, {window.high:g}]"
             ),
         ]
-        for name in STAGES:
+        for name in MODEL_STAGES:
             if name not in self.checkpoints:
                 lines.append(f"{name + ':':9s}(missing)")
                 continue
@@ -112,7 +112,7 @@ def load_model(spec: str | Path = DEMO, device: torch.device | str = "cpu") -> G
     files = _stage_files(path, source)
     checkpoints: dict[str, Checkpoint] = {}
     for expected, file in files.items():
-        checkpoint = load_checkpoint(file, stage=expected)
+        checkpoint = _load_stage(file, expected)
         checkpoints[checkpoint.stage] = checkpoint
     data = _shared_data_spec(checkpoints)
     stages = {name: _build_stage(name, ckpt, device) for name, ckpt in checkpoints.items()}
@@ -127,7 +127,10 @@ def pack_model(source: str | Path, out: str | Path, *, overwrite: bool = False) 
     each other (:func:`load_model`'s rules) before anything is written.
     """
     files = _stage_files(Path(source), str(source))
-    checkpoints = {stage: load_checkpoint(file, stage=stage) for stage, file in files.items()}
+    checkpoints: dict[str, Checkpoint] = {}
+    for expected, file in files.items():
+        checkpoint = _load_stage(file, expected)
+        checkpoints[checkpoint.stage] = checkpoint
     _shared_data_spec(checkpoints)
     written = []
     for checkpoint in checkpoints.values():
@@ -146,10 +149,26 @@ def _stage_files(path: Path, source: str) -> dict[str | None, Path]:
         if source == DEMO:
             raise InputError("the demo model is not bundled with this installation", path)
         raise InputError("no such model file or folder", path)
-    files = {stage: path / f"{stage}.pt" for stage in STAGES if (path / f"{stage}.pt").is_file()}
+    files = {
+        stage: path / f"{stage}.pt" for stage in MODEL_STAGES if (path / f"{stage}.pt").is_file()
+    }
     if not files:
-        raise InputError(f"no stage checkpoints ({', '.join(s + '.pt' for s in STAGES)})", path)
+        raise InputError(
+            f"no stage checkpoints ({', '.join(s + '.pt' for s in MODEL_STAGES)})", path
+        )
     return files
+
+
+def _load_stage(file: Path, expected: str | None) -> Checkpoint:
+    """The checkpoint in ``file``, which must hold ``expected`` or, if ``None``, any model stage
+    (a file of another kind, such as an evaluation segmenter, is no part of a model)."""
+    checkpoint = load_checkpoint(file, stage=expected)
+    if checkpoint.stage not in MODEL_STAGES:
+        raise InputError(
+            f"holds the {checkpoint.stage!r} stage, not a model stage ({', '.join(MODEL_STAGES)})",
+            file,
+        )
+    return checkpoint
 
 
 def _shared_data_spec(checkpoints: dict[str, Checkpoint]) -> DataSpec:

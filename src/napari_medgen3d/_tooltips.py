@@ -27,5 +27,9 @@ TOOLTIPS = {
     "export_dir": "Folder to export the current pair into.",
     "export": "Write the chosen image and labels as NIfTI with a JSON sidecar.",
     "contours": "Show labels as contours instead of filled regions.",
+    "segmenter": "Optional: segmenter.pt from `medgen3d evaluate`, to check that the image "
+    "shows the mask's anatomy (alignment Dice).",
+    "check": "Check the chosen pair: each label's median intensity against the model's "
+    "training range and, with a segmenter, the alignment Dice (as `medgen3d check`).",
     "toggle_3d": "Switch the viewer between 2D slices and 3D rendering.",
 }

@@ -94,6 +94,9 @@ class MedGen3DWidget(Container):
         self._toggle_3d = PushButton(text="Switch 2D / 3D")
         self._export_dir = FileEdit(mode="d", label="Export to")
         self._export = PushButton(text="Export pair")
+        self._segmenter = FileEdit(mode="r", filter="*.pt", label="Segmenter", value="")
+        self._check = PushButton(text="Check pair")
+        self._check_result = Label(value="")
 
         controls = {
             "model": self._model_file,
@@ -119,10 +122,12 @@ class MedGen3DWidget(Container):
             "toggle_3d": self._toggle_3d,
             "export_dir": self._export_dir,
             "export": self._export,
+            "segmenter": self._segmenter,
+            "check": self._check,
         }
         for key, widget in controls.items():
             widget.tooltip = TOOLTIPS[key]
-        self.extend([self._info, *controls.values()])
+        self.extend([self._info, *controls.values(), self._check_result])
 
         self._load.changed.connect(lambda: self._with_model(lambda: None, force=True))
         self._generate_pair.changed.connect(self.generate_pair)
@@ -135,6 +140,7 @@ class MedGen3DWidget(Container):
         self._contours.changed.connect(self._apply_contours)
         self._toggle_3d.changed.connect(self._toggle_ndisplay)
         self._export.changed.connect(self.export_pair)
+        self._check.changed.connect(self.check_pair)
         for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
             event.connect(self._refresh_layer_choices)
 
@@ -238,6 +244,35 @@ class MedGen3DWidget(Container):
             show_error(str(exc))
             return
         show_info(f"Exported {', '.join(p.name for p in paths)} to {folder}")
+
+    def check_pair(self) -> None:
+        """The figures of ``medgen3d check`` for the chosen pair, shown in the widget."""
+        chosen = self._chosen_pair("the Image layer to check", "its Labels layer")
+        if chosen is None:
+            return
+        image_layer, label_layer = chosen
+        image, label = _volume(image_layer), _volume(label_layer)
+        segmenter_path = str(self._segmenter.value or "")
+        device = str(self._device.value)
+
+        def work(model: GenerativeModel) -> Generator:
+            from medgen3d.evaluation.check import check_pair, training_intensities
+            from medgen3d.evaluation.segmenter import Segmenter
+            from medgen3d.runtime import resolve_device
+
+            yield from ()
+            segmenter = None
+            if segmenter_path not in ("", "."):
+                segmenter = Segmenter.load(segmenter_path, resolve_device(device))
+            ranges = training_intensities(model)
+            result = check_pair(image, label, model.data, ranges, segmenter, name=label_layer.name)
+            return {"check": result}
+
+        def show(result: dict) -> None:
+            self._check_result.value = result["check"].describe()
+            show_info(result["check"].describe().splitlines()[0])
+
+        self._with_model(lambda: self._start(work, on_result=show))
 
     def cancel(self) -> None:
         if self._worker is not None:
@@ -367,6 +402,7 @@ class MedGen3DWidget(Container):
             self._refine,
             self._regenerate,
             self._load,
+            self._check,
         ):
             button.enabled = not busy
 

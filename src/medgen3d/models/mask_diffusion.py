@@ -13,6 +13,11 @@ drops at random (MCVD-style):
   indicator, concatenated to the noisy input along channels (the ``concat`` conditioning
   mode of MONAI's ``DiffusionInferer``).
 
+With ``"coordinates"`` (the default) two more input channels hold each pixel's in-plane
+position in ``[-1, 1]`` (CoordConv). A convolutional network is translation-equivariant,
+and at the start of sampling its input is pure noise: without coordinates nothing tells it
+where in the plane the body belongs, and it draws a torso wherever the noise suggests one.
+
 The denoiser is MONAI's ``DiffusionModelUNet`` in one of two layouts (the ``"layout"`` key):
 ``"2d"`` stacks the slices as channels (``2 L C + L`` in, ``L C`` out, convolutions over
 ``(H, W)``), ``"3d"`` convolves over ``(L, H, W)`` (``2 C + 1`` in, ``C`` out).
@@ -63,6 +68,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "norm_num_groups": 8,
     "num_head_channels": 8,
     "position_dropout": 0.15,
+    "coordinates": True,
     # Clean-sample prediction: a 2D network must otherwise carry L*C noise channels through
     # its narrow first level (see benchmarks/README.md).
     "diffusion": Diffusion(objective="x0").to_dict(),
@@ -111,6 +117,8 @@ def check_config(config: Mapping[str, Any], data: DataSpec | None = None) -> dic
         )
     _check_per_level(resolved, "num_res_blocks", len(channels))
     _check_per_level(resolved, "num_head_channels", len(channels))
+    if not isinstance(resolved["coordinates"], bool):
+        raise ValueError(f"coordinates must be true or false, got {resolved['coordinates']!r}")
     if not 0.0 <= resolved["position_dropout"] <= 1.0:
         raise ValueError(f"position_dropout must be in [0, 1], got {resolved['position_dropout']}")
     try:
@@ -229,11 +237,12 @@ class MaskDenoiser(nn.Module):
         self.num_classes = num_classes
         self.length = length
         self.layout = config["layout"]
+        self.coordinates = config["coordinates"]
         flat = self.layout == "2d"
         per_slice = length if flat else 1
         self.unet = PositionalDiffusionUNet(
             spatial_dims=2 if flat else 3,
-            in_channels=per_slice * (2 * num_classes + 1),
+            in_channels=per_slice * (2 * num_classes + 1) + (2 if self.coordinates else 0),
             out_channels=per_slice * num_classes,
             channels=tuple(config["channels"]),
             num_res_blocks=config["num_res_blocks"],
@@ -268,8 +277,20 @@ class MaskDenoiser(nn.Module):
         packed = torch.cat([x, given, indicator.expand(b, 1, length, h, w)], dim=1)
         if self.layout == "2d":
             packed = packed.reshape(b, (2 * c + 1) * length, h, w)
+        if self.coordinates:
+            packed = torch.cat([packed, _plane_coordinates(packed)], dim=1)
         out = self.unet(packed, timesteps, position)
         return out.reshape(b, c, length, h, w)
+
+
+def _plane_coordinates(packed: torch.Tensor) -> torch.Tensor:
+    """``(B, 2, *spatial)`` channels holding each voxel's in-plane ``(y, x)`` in ``[-1, 1]``
+    (the same on every slice of a 3-D layout)."""
+    h, w = packed.shape[-2:]
+    axes = [torch.linspace(-1.0, 1.0, n, device=packed.device, dtype=packed.dtype) for n in (h, w)]
+    grid = torch.stack(torch.meshgrid(*axes, indexing="ij"))
+    shape = (packed.shape[0], 2, *packed.shape[2:])
+    return grid.view(1, 2, *([1] * (packed.dim() - 4)), h, w).expand(shape)
 
 
 @dataclass

@@ -1,0 +1,243 @@
+"""Anatomy of label maps: organ volumes, fragmentation and slice-to-slice continuity.
+
+Image metrics cannot tell a plausible mask from one with a missing lung or a heart in five
+pieces. These statistics can, per foreground label: how big it is (ml), in how many
+3-D connected pieces, and how smoothly it continues from one axial slice to the next,
+which is what breaks first when a volume is generated as a stack of slice sequences.
+
+Label maps are ``(Z, H, W)`` arrays of channel indices ``0 .. C-1``, 0 the background;
+spacing is ``(z, y, x)`` in mm.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage, stats
+
+__all__ = [
+    "COMPONENT_MARGIN",
+    "CONTINUITY_MARGIN",
+    "VOLUME_FACTOR",
+    "MaskAnatomy",
+    "compare_anatomy",
+    "implausible",
+    "mask_anatomy",
+]
+
+# implausible(): a label's volume may lie within [min / VOLUME_FACTOR, max * VOLUME_FACTOR]
+# of the reference volumes: room for patients smaller or larger than a reference set of a
+# few dozen scans, while an organ under half the smallest or over twice the largest is flagged.
+VOLUME_FACTOR = 2.0
+# It may have up to COMPONENT_MARGIN more connected components than the reference maximum:
+# a stray voxel or two beside an organ is common (and harmless) in generated masks.
+COMPONENT_MARGIN = 2
+# And a continuity (a Dice, in [0, 1]) down to CONTINUITY_MARGIN below the reference minimum.
+CONTINUITY_MARGIN = 0.2
+
+# 26-connectivity: voxels touching by a face, an edge or a corner are one piece. Thin
+# oblique structures (airways, vessels) at a few mm per voxel often touch only by edges;
+# 6-connectivity would count them as fragments.
+_CONNECTIVITY = ndimage.generate_binary_structure(3, 3)
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: arrays do not compare with ==
+class MaskAnatomy:
+    """Anatomy statistics of one label map; each array has one entry per channel 1..C-1.
+
+    Attributes:
+        volume_ml: volume of each label, (C-1,) float, 0 where absent.
+        components: number of 3-D connected components (26-connectivity), (C-1,) int.
+        continuity: mean Dice between adjacent axial slices, over the pairs between the
+            label's first and last slice in which it is present in either slice; (C-1,)
+            float, nan where the label is absent. 1 for a straight tube, 0 for a label on
+            alternate slices only or on a single slice; a one-slice gap inside a tube adds
+            two pairs of Dice 0. The label's two ends are not counted as breaks, so the
+            figure does not depend on how many slices an organ spans.
+    """
+
+    volume_ml: np.ndarray
+    components: np.ndarray
+    continuity: np.ndarray
+
+
+def mask_anatomy(labels: np.ndarray, num_classes: int, spacing: Sequence[float]) -> MaskAnatomy:
+    """Volume, connected components and continuity of every foreground label.
+
+    Args:
+        labels: label map (Z, H, W) of channel indices in ``[0, num_classes)``.
+        num_classes: C, background included.
+        spacing: voxel size (z, y, x) in mm. Continuity ignores it: it compares slices as
+            they are, so thicker slices naturally score lower.
+
+    Returns:
+        The statistics, over channels 1..C-1.
+
+    Raises:
+        ValueError: for a map that is not 3-D or holds values outside ``[0, num_classes)``,
+            ``num_classes < 2``, or a spacing that is not three positive numbers.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 3:
+        raise ValueError(f"label map must be 3-D (Z, H, W), got shape {labels.shape}")
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2 (background and one label), got {num_classes}")
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(
+            f"label map holds values in [{labels.min()}, {labels.max()}], "
+            f"outside [0, {num_classes - 1}]"
+        )
+    if len(spacing) != 3 or min(spacing) <= 0:
+        raise ValueError(f"spacing must be three positive numbers (z, y, x) in mm, got {spacing}")
+    voxel_ml = float(np.prod(spacing)) / 1000.0  # mm³ -> ml
+
+    counts = np.bincount(labels.ravel().astype(np.intp), minlength=num_classes)[1:]
+    components = np.zeros(num_classes - 1, dtype=np.int64)
+    continuity = np.full(num_classes - 1, np.nan)
+    for channel in range(1, num_classes):
+        if counts[channel - 1] == 0:
+            continue
+        mask = labels == channel
+        components[channel - 1] = ndimage.label(mask, structure=_CONNECTIVITY)[1]
+        continuity[channel - 1] = _slice_continuity(mask)
+    return MaskAnatomy(counts * voxel_ml, components, continuity)
+
+
+def compare_anatomy(
+    real: Sequence[MaskAnatomy], synthetic: Sequence[MaskAnatomy], names: Sequence[str]
+) -> dict[str, dict[str, float]]:
+    """Per-label comparison of the anatomy of a real and a synthetic set.
+
+    Args:
+        real: statistics of the real label maps.
+        synthetic: statistics of the generated label maps.
+        names: names of the foreground labels, channels 1..C-1 in order.
+
+    Returns:
+        For each name: ``volume_wasserstein_ml`` (1-D Wasserstein distance between the two
+        sets' volume distributions, in ml; volumes of 0 count, so a label missing from
+        some samples moves it), ``real_/synthetic_volume_ml_mean``,
+        ``real_/synthetic_components_mean`` and ``real_/synthetic_continuity_mean`` (over
+        the volumes where the label is present; nan if it is present in none). Plain
+        floats, ready for JSON (nan aside).
+
+    Raises:
+        ValueError: for an empty set or when ``names`` does not match the label count.
+    """
+    if not real or not synthetic:
+        raise ValueError(f"both sets need volumes, got {len(real)} real and {len(synthetic)}")
+    r, s = _stack(real, names), _stack(synthetic, names)
+    report: dict[str, dict[str, float]] = {}
+    for i, name in enumerate(names):
+        report[name] = {
+            "volume_wasserstein_ml": float(
+                stats.wasserstein_distance(r.volume_ml[:, i], s.volume_ml[:, i])
+            ),
+            "real_volume_ml_mean": float(r.volume_ml[:, i].mean()),
+            "synthetic_volume_ml_mean": float(s.volume_ml[:, i].mean()),
+            "real_components_mean": float(r.components[:, i].mean()),
+            "synthetic_components_mean": float(s.components[:, i].mean()),
+            "real_continuity_mean": _mean_present(r.continuity[:, i]),
+            "synthetic_continuity_mean": _mean_present(s.continuity[:, i]),
+        }
+    return report
+
+
+def implausible(
+    sample: MaskAnatomy, reference: Sequence[MaskAnatomy], names: Sequence[str]
+) -> list[str]:
+    """Reasons why a label map is anatomically implausible against a reference set.
+
+    Per label, the sample is flagged when the label
+
+    - is missing although every reference volume has it;
+    - is present although no reference volume has it;
+    - has a volume outside ``[min / VOLUME_FACTOR, max * VOLUME_FACTOR]`` of the
+      reference volumes (with 0 for those that lack it);
+    - has more than ``COMPONENT_MARGIN`` connected components beyond the reference maximum;
+    - has a continuity more than ``CONTINUITY_MARGIN`` below the reference minimum.
+
+    Any member of the reference set passes against that set.
+
+    Args:
+        sample: statistics of the label map to check.
+        reference: statistics of the reference set (real scans, or the training masks).
+        names: names of the foreground labels, channels 1..C-1 in order.
+
+    Returns:
+        One sentence per problem, naming the label; empty when the sample is plausible.
+
+    Raises:
+        ValueError: for an empty reference or when ``names`` does not match the label count.
+    """
+    if not reference:
+        raise ValueError("the reference set is empty")
+    _check_names(sample, names)
+    ref = _stack(reference, names)
+    reasons: list[str] = []
+    for i, name in enumerate(names):
+        volume, ref_volumes = sample.volume_ml[i], ref.volume_ml[:, i]
+        present = ref_volumes > 0
+        if volume == 0:
+            if present.all():
+                reasons.append(f"{name} is missing; all {len(present)} reference volumes have it")
+            continue
+        if not present.any():
+            reasons.append(f"{name} is present ({volume:.2f} ml); no reference volume has it")
+            continue
+        low, high = ref_volumes.min() / VOLUME_FACTOR, ref_volumes.max() * VOLUME_FACTOR
+        if not low <= volume <= high:
+            reasons.append(
+                f"{name} volume {volume:.2f} ml is outside the plausible [{low:.2f}, {high:.2f}] ml"
+            )
+        most = int(ref.components[:, i].max())
+        if sample.components[i] > most + COMPONENT_MARGIN:
+            reasons.append(
+                f"{name} is in {sample.components[i]} pieces; reference volumes have at most {most}"
+            )
+        least = ref.continuity[present, i].min()  # never nan where present
+        if sample.continuity[i] < least - CONTINUITY_MARGIN:
+            reasons.append(
+                f"{name} slice-to-slice continuity {sample.continuity[i]:.2f} is well below "
+                f"the reference minimum {least:.2f}"
+            )
+    return reasons
+
+
+def _slice_continuity(mask: np.ndarray) -> float:
+    """Mean Dice of adjacent axial slices of a non-empty (Z, H, W) mask; see MaskAnatomy."""
+    areas = mask.sum(axis=(1, 2))
+    first, last = np.flatnonzero(areas)[[0, -1]]
+    if first == last:
+        return 0.0
+    overlap = np.logical_and(mask[first:last], mask[first + 1 : last + 1]).sum(axis=(1, 2))
+    pair_areas = areas[first:last] + areas[first + 1 : last + 1]
+    occupied = pair_areas > 0  # a gap of several empty slices adds only its two edges
+    return float(np.mean(2.0 * overlap[occupied] / pair_areas[occupied]))
+
+
+def _check_names(anatomy: MaskAnatomy, names: Sequence[str]) -> None:
+    """Raise ``ValueError`` unless there is one name per label of ``anatomy``."""
+    if len(anatomy.volume_ml) != len(names):
+        raise ValueError(
+            f"{len(names)} label names for statistics of {len(anatomy.volume_ml)} labels"
+        )
+
+
+def _stack(anatomies: Sequence[MaskAnatomy], names: Sequence[str]) -> MaskAnatomy:
+    """Stack per-volume statistics into (n, C-1) arrays, checking the label count."""
+    for anatomy in anatomies:
+        _check_names(anatomy, names)
+    return MaskAnatomy(
+        np.stack([a.volume_ml for a in anatomies]),
+        np.stack([a.components for a in anatomies]),
+        np.stack([a.continuity for a in anatomies]),
+    )
+
+
+def _mean_present(values: np.ndarray) -> float:
+    """Mean of the non-nan values; nan (without numpy's warning) when all are nan."""
+    present = values[~np.isnan(values)]
+    return float(present.mean()) if present.size else float("nan")

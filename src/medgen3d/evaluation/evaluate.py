@@ -1,0 +1,337 @@
+"""``medgen3d evaluate``: every figure of the evaluation, computed from two folders of pairs.
+
+Both sets are loaded onto the model's grid and window (the scale the model works in), real
+labels through the model's label mapping, synthetic ones as written by ``medgen3d
+generate``. The real set is split once, with the seed, into cases that train the segmenter
+and held-out cases that score it. Then:
+
+* **alignment**: the segmenter (trained here, or the user's) on synthetic images, Dice
+  against the synthetic masks, beside its Dice on the held-out real cases;
+* **fidelity**: FID and kernel distance on the segmenter's 2.5D encoder features, real vs
+  synthetic, with real vs real (two halves of the real set) as the floor;
+* **diversity**: mean pairwise MS-SSIM within each set;
+* **anatomy**: per-label volume distributions, components and slice continuity, with the
+  synthetic masks that look implausible next to the real ones;
+* **downstream**: the same segmenter trained on a few real cases, on those plus the
+  synthetic set, and on the synthetic set alone, scored on the held-out real cases.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medgen3d.errors import InputError
+from medgen3d.evaluation.anatomy import compare_anatomy, implausible, mask_anatomy
+from medgen3d.evaluation.metrics import (
+    frechet_distance,
+    kernel_distance,
+    mean_pairwise_ms_ssim,
+    split_halves,
+)
+from medgen3d.evaluation.segmenter import (
+    Segmenter,
+    SegmenterSettings,
+    dice_per_label,
+    train_segmenter,
+)
+from medgen3d.progress import Progress, ProgressGenerator
+from medgen3d.recipe import DataSpec
+from medgen3d.train.bank import CaseBank
+
+__all__ = ["DOWNSTREAM_ARMS", "Evaluation", "EvaluationSettings", "evaluate", "split_real"]
+
+# Training sets of the downstream experiment, in the order they are reported.
+DOWNSTREAM_ARMS = ("real", "real+synthetic", "synthetic")
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """How the evaluation is run; every figure depends only on these and the data.
+
+    Attributes:
+        segmenter: training of every segmenter (alignment and downstream arms).
+        held_out: fraction of the real cases held out to score segmenters (at least one).
+        downstream: run the downstream experiment (three more segmenter trainings).
+        downstream_real: real cases in the small real-only training set.
+        seed: the real-set split and every segmenter's training.
+    """
+
+    segmenter: SegmenterSettings = field(default_factory=SegmenterSettings)
+    held_out: float = 0.25
+    downstream: bool = True
+    downstream_real: int = 2
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "segmenter": self.segmenter.to_dict()}
+
+
+@dataclass
+class Evaluation:
+    """What :func:`evaluate` found: JSON-ready ``metrics`` and what the figures need.
+
+    Attributes:
+        metrics: every number of the report (the content of ``metrics.json``).
+        data: the grid, window and label table the sets were compared on.
+        real: the real cases on the model grid.
+        synthetic: the synthetic cases on the model grid.
+        segmenter: the alignment segmenter (saved with the report for ``medgen3d check``).
+        volumes_ml: ``{"real": ..., "synthetic": ...}``, per case, volume of each
+            foreground label (for the anatomy figure).
+    """
+
+    metrics: dict[str, Any]
+    data: DataSpec
+    real: CaseBank
+    synthetic: CaseBank
+    segmenter: Segmenter
+    volumes_ml: dict[str, np.ndarray]
+
+
+def split_real(count: int, held_out: float, seed: int) -> tuple[list[int], list[int]]:
+    """Seeded split of ``count`` real cases into ``(training, held-out)`` index lists.
+
+    Raises:
+        InputError: when fewer than two cases leave no case on one side.
+    """
+    if count < 2:
+        raise InputError(
+            f"the real set needs at least 2 cases (one to train, one to score); has {count}"
+        )
+    if not 0.0 < held_out < 1.0:
+        raise InputError(f"held_out must be in (0, 1), got {held_out}")
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
+    n_held = min(count - 1, max(1, round(held_out * count)))
+    return sorted(order[n_held:]), sorted(order[:n_held])
+
+
+def evaluate(
+    real_dir: str | Path,
+    synthetic_dir: str | Path,
+    data: DataSpec,
+    settings: EvaluationSettings | None = None,
+    *,
+    segmenter: Segmenter | None = None,
+    device: str | torch.device = "cpu",
+) -> ProgressGenerator[Evaluation]:
+    """Compare a synthetic set of pairs with a real one.
+
+    Args:
+        real_dir: real pairs, any layout :func:`medgen3d.datasets.discover_pairs` reads.
+        synthetic_dir: generated pairs, same.
+        data: the model's data spec (grid, window, labels, mapping of the real labels).
+        settings: see :class:`EvaluationSettings`.
+        segmenter: a trained segmenter to use for alignment and features instead of
+            training one on the real set.
+        device: where segmenters train and run.
+
+    Yields:
+        :class:`~medgen3d.progress.Progress` per unit of each part (``stage`` names it).
+
+    Raises:
+        InputError: naming the folder or file, for unreadable sets, too few real cases, or
+            a segmenter whose label count differs from the model's.
+    """
+    settings = settings or EvaluationSettings()
+    names = data.labels.names
+    num_classes = len(names)
+    real = CaseBank.from_folder(real_dir, data)
+    synthetic = CaseBank.from_folder(synthetic_dir, dataclasses.replace(data, label_mapping=None))
+    train_ids, held_ids = split_real(len(real), settings.held_out, settings.seed)
+    if segmenter is None:
+        segmenter = yield from _train(real, train_ids, num_classes, settings, device, "alignment")
+    elif segmenter.num_classes != num_classes:
+        raise InputError(
+            f"the segmenter predicts {segmenter.num_classes} labels, the model has {num_classes}"
+        )
+
+    alignment = {
+        "real_held_out": _mean_dice(segmenter, real, held_ids, num_classes),
+        "synthetic": _mean_dice(segmenter, synthetic, range(len(synthetic)), num_classes),
+    }
+    if segmenter.real_dice is None:  # trained here: record what it can segment, for check
+        segmenter.real_dice = tuple(_plain(alignment["real_held_out"]["per_label"]))
+    yield Progress("alignment", 1, 1)
+
+    features = {
+        name: [segmenter.features(image) for image in bank.images]
+        for name, bank in (("real", real), ("synthetic", synthetic))
+    }
+    real_features, synthetic_features = (
+        torch.cat(features["real"]),
+        torch.cat(features["synthetic"]),
+    )
+    fidelity = {
+        "fid": frechet_distance(real_features, synthetic_features),
+        "kid": _kid(real_features, synthetic_features, settings.seed),
+        "fid_real_vs_real": None,
+        "kid_real_vs_real": None,
+    }
+    if len(real) >= 4:  # the floor: two disjoint halves of the real set
+        first, second = (
+            torch.cat([features["real"][i] for i in half])
+            for half in split_halves(len(real), settings.seed)
+        )
+        fidelity["fid_real_vs_real"] = frechet_distance(first, second)
+        fidelity["kid_real_vs_real"] = _kid(first, second, settings.seed)
+    yield Progress("fidelity", 1, 1)
+
+    diversity = {
+        "ms_ssim_synthetic": _diversity(synthetic.images),
+        "ms_ssim_real": _diversity(real.images),
+    }
+    yield Progress("diversity", 1, 1)
+
+    spacing = data.preprocessing.spacing or (1.0, 1.0, 1.0)
+    anatomy = {
+        name: [mask_anatomy(labels, num_classes, spacing) for labels in bank.labels]
+        for name, bank in (("real", real), ("synthetic", synthetic))
+    }
+    flagged = {
+        case: reasons
+        for case, sample in zip(synthetic.names, anatomy["synthetic"], strict=True)
+        if (reasons := implausible(sample, anatomy["real"], names[1:]))
+    }
+    yield Progress("anatomy", 1, 1)
+
+    downstream = None
+    if settings.downstream:
+        downstream = yield from _downstream(
+            real, synthetic, train_ids, held_ids, num_classes, settings, device
+        )
+
+    metrics = {
+        "cases": {
+            "real": len(real),
+            "real_segmenter_training": len(train_ids),
+            "real_held_out": len(held_ids),
+            "synthetic": len(synthetic),
+        },
+        "labels": list(names[1:]),
+        "settings": settings.to_dict(),
+        "alignment_dice": alignment,
+        "fidelity": fidelity,
+        "diversity": diversity,
+        "anatomy": compare_anatomy(anatomy["real"], anatomy["synthetic"], names[1:]),
+        "implausible_samples": flagged,
+        "downstream_dice": downstream,
+    }
+    volumes = {k: np.stack([a.volume_ml for a in v]) for k, v in anatomy.items()}
+    return Evaluation(_plain(metrics), data, real, synthetic, segmenter, volumes)
+
+
+def _train(
+    bank: CaseBank,
+    ids: Sequence[int],
+    num_classes: int,
+    settings: EvaluationSettings,
+    device: str | torch.device,
+    purpose: str,
+    extra: CaseBank | None = None,
+) -> ProgressGenerator[Segmenter]:
+    images = [bank.images[i] for i in ids]
+    labels = [bank.labels[i] for i in ids]
+    if extra is not None:
+        images += list(extra.images)
+        labels += list(extra.labels)
+    seeded = dataclasses.replace(settings.segmenter, seed=settings.seed)
+    work = train_segmenter(images, labels, num_classes, seeded, device)
+    while True:
+        try:
+            report = next(work)
+        except StopIteration as stop:
+            return stop.value
+        yield dataclasses.replace(report, stage=f"segmenter ({purpose})")
+
+
+def _downstream(
+    real: CaseBank,
+    synthetic: CaseBank,
+    train_ids: list[int],
+    held_ids: list[int],
+    num_classes: int,
+    settings: EvaluationSettings,
+    device: str | torch.device,
+) -> ProgressGenerator[dict[str, Any]]:
+    """Dice on held-out real cases of segmenters trained on each arm's data."""
+    few = train_ids[: max(1, min(settings.downstream_real, len(train_ids)))]
+    training_sets = {
+        "real": (real, few, None),
+        "real+synthetic": (real, few, synthetic),
+        "synthetic": (real, [], synthetic),
+    }
+    scores = {}
+    for arm in DOWNSTREAM_ARMS:
+        bank, ids, extra = training_sets[arm]
+        model = yield from _train(bank, ids, num_classes, settings, device, arm, extra)
+        scores[arm] = _mean_dice(model, real, held_ids, num_classes)
+    return {
+        "real_cases": len(few),
+        "synthetic_cases": len(synthetic),
+        "steps": settings.segmenter.steps,
+        "held_out_cases": len(held_ids),
+        "dice": scores,
+    }
+
+
+def _mean_dice(
+    segmenter: Segmenter, bank: CaseBank, ids: Sequence[int], num_classes: int
+) -> dict[str, Any]:
+    """Per-label Dice averaged over cases (cases without a label do not count for it)."""
+    per_case = np.stack(
+        [
+            dice_per_label(segmenter.predict(bank.images[i]), bank.labels[i], num_classes)
+            for i in ids
+        ]
+    )
+    with warnings.catch_warnings():  # a label no scored case holds stays nan, as meant
+        warnings.simplefilter("ignore", RuntimeWarning)
+        per_label = np.nanmean(per_case, axis=0)
+    return {"per_label": per_label.tolist(), "mean": float(np.nanmean(per_label))}
+
+
+def _kid(first: torch.Tensor, second: torch.Tensor, seed: int) -> float:
+    """Kernel distance between equal-sized, seeded random subsets of two feature sets
+    (the unbiased estimator needs sets of one size)."""
+    size = min(len(first), len(second))
+    generator = torch.Generator().manual_seed(seed)
+    pick = [
+        features[torch.randperm(len(features), generator=generator)[:size]]
+        for features in (first, second)
+    ]
+    return kernel_distance(*pick)
+
+
+def _diversity(images: Sequence[np.ndarray]) -> float | None:
+    """Mean pairwise MS-SSIM over the volumes, centre-cropped to the smallest depth."""
+    if len(images) < 2:
+        return None
+    depth = min(image.shape[0] for image in images)
+    cropped = [_centre_slices(image, depth) for image in images]
+    return mean_pairwise_ms_ssim(cropped)
+
+
+def _centre_slices(volume: np.ndarray, depth: int) -> np.ndarray:
+    start = (volume.shape[0] - depth) // 2
+    return volume[start : start + depth]
+
+
+def _plain(value: Any) -> Any:
+    """Numbers as floats, nan as ``None``: what JSON can hold."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, float | np.floating):
+        return None if not np.isfinite(value) else float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
