@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH ?= torch==2.13.0
 XVFB := $(shell command -v xvfb-run 2>/dev/null)
 
-.PHONY: demo demo-model test lint clean
+.PHONY: demo demo-model demo-report test lint clean
 
 $(STAMP): setup.cfg pyproject.toml
 	python3 -m venv $(VENV)
@@ -29,6 +29,10 @@ endif
 # Retrain the demo model (resumable; see resources/recipes/demo_phantom.json).
 demo-model: $(STAMP)
 	scripts/build_demo_model.sh
+
+# Evaluate the demo model against fresh phantoms into resources/reports/demo/.
+demo-report: $(STAMP)
+	scripts/demo_report.sh
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks scripts

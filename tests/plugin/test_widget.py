@@ -102,3 +102,25 @@ def test_bad_model_path_is_a_notification_not_a_crash(widget, qtbot, tmp_path) -
     _wait_idle(qtbot, w)
     assert any("broken.pt" in message for message in errors)
     assert len(viewer.layers) == 0
+
+
+def test_check_pair_shows_the_figures_of_medgen3d_check(make_napari_viewer, qtbot, tmp_path):
+    from medgen3d.phantom import make_phantom
+    from napari_medgen3d._widget import MedGen3DWidget
+
+    ranges = {name: [-1000.0, 0.0, 1000.0] for name in DATA.labels.names}
+    ranges["heart"] = [500.0, 600.0, 700.0]  # no phantom heart is that bright
+    model = write_tiny_model(tmp_path / "model", provenance={"label_intensities": ranges})
+    viewer = make_napari_viewer()
+    w = MedGen3DWidget(viewer)
+    w._model_file.value = model / "masks.pt"
+    case = make_phantom(0, shape=(12, 16, 16), spacing=(3.0, 2.0, 2.0))
+    w._image_layer.value = viewer.add_image(case.image.data, name="ct", scale=(3.0, 2.0, 2.0))
+    w._labels_layer.value = viewer.add_labels(case.label.data, name="ct labels", scale=(3, 2, 2))
+    w.check_pair()
+    qtbot.waitUntil(lambda: w._check_result.value != "", timeout=TIMEOUT_MS)
+    _wait_idle(qtbot, w)
+    shown = w._check_result.value
+    assert shown.startswith("FLAGGED: ct labels")
+    assert "heart: median intensity" in shown and "body" in shown
+    assert len(viewer.layers) == 2  # checking adds no layer
