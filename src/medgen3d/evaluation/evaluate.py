@@ -46,8 +46,17 @@ from medgen3d.progress import Progress, ProgressGenerator
 from medgen3d.recipe import DataSpec
 from medgen3d.train.bank import CaseBank
 
-__all__ = ["DOWNSTREAM_ARMS", "Evaluation", "EvaluationSettings", "evaluate", "split_real"]
+__all__ = [
+    "DOWNSTREAM_ARMS",
+    "KID_SUBSET",
+    "Evaluation",
+    "EvaluationSettings",
+    "evaluate",
+    "split_real",
+]
 
+# Rows (slices) per set that the kernel distance is computed on.
+KID_SUBSET = 1000
 # Training sets of the downstream experiment, in the order they are reported.
 DOWNSTREAM_ARMS = ("real", "real+synthetic", "synthetic")
 
@@ -299,15 +308,13 @@ def _mean_dice(
 
 
 def _kid(first: torch.Tensor, second: torch.Tensor, seed: int) -> float:
-    """Kernel distance between equal-sized, seeded random subsets of two feature sets
-    (the unbiased estimator needs sets of one size)."""
-    size = min(len(first), len(second))
+    """Kernel distance between seeded random subsets of two feature sets, of one size (the
+    unbiased estimator needs it) and at most :data:`KID_SUBSET` rows (its cost grows with
+    the cube of the rows), as KID is usually computed."""
+    size = min(len(first), len(second), KID_SUBSET)
     generator = torch.Generator().manual_seed(seed)
-    pick = [
-        features[torch.randperm(len(features), generator=generator)[:size]]
-        for features in (first, second)
-    ]
-    return kernel_distance(*pick)
+    subsets = [f[torch.randperm(len(f), generator=generator)[:size]] for f in (first, second)]
+    return kernel_distance(*subsets)
 
 
 def _diversity(images: Sequence[np.ndarray]) -> float | None:

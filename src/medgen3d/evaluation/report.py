@@ -214,7 +214,7 @@ def _markdown(metrics: dict[str, Any], command: str | None, figures: Sequence[st
 def _num(value: float | None, digits: int = 3) -> str:
     if value is None:
         return "–"
-    return f"{value:.{digits}g}" if abs(value) >= 1000 else f"{value:.{digits}f}"
+    return f"{value:.0f}" if abs(value) >= 1000 else f"{value:.{digits}f}"
 
 
 # ---- figures -----------------------------------------------------------------------------
