@@ -175,3 +175,29 @@ def test_x0_objective_samples_the_predicted_clean_sequence(sampler: str) -> None
     steps = diffusion.denoise(lambda x, t: clean, noise, diffusion.sampler(sampler, 10))
     *_, last = steps
     torch.testing.assert_close(last.sample, clean, atol=1e-3, rtol=0)
+
+
+def test_input_scale_divides_the_signal_to_noise_ratio_and_sampling_follows() -> None:
+    """Scaling the clean sample by b leaves b * clean as the target; an ideal predictor
+    still samples it, and noise_to noises known slices exactly as training did."""
+    clean = labels_to_signal(torch.randint(len(TABLE), (1, 4, 8, 8)), len(TABLE))
+    noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(0))
+    plain, scaled = (
+        Diffusion(objective="x0", num_train_timesteps=50, input_scale=b) for b in (1.0, 0.25)
+    )
+    t = torch.tensor([30])
+    noisy, target = scaled.training_pair(clean, noise, t)
+    torch.testing.assert_close(target, 0.25 * clean)
+    plain_noisy, _ = plain.training_pair(clean, noise, t)
+    # same noise, a quarter of the signal: the difference is -0.75 sqrt(alpha_bar_t) clean
+    signal_ratio = (noisy - plain_noisy) / clean / -0.75
+    assert 0.0 < float(signal_ratio[0, 0, 0, 0, 0]) < 1.0
+    torch.testing.assert_close(
+        signal_ratio, torch.full_like(clean, float(signal_ratio.flatten()[0]))
+    )
+    schedule = scaled.sampler("ddim", 10)
+    torch.testing.assert_close(scaled.noise_to(clean, noise, schedule, 30), noisy)
+    *_, last = scaled.denoise(lambda x, t: 0.25 * clean, noise, schedule)
+    assert torch.equal(last.sample.argmax(dim=1), clean.argmax(dim=1))
+    with pytest.raises(ValueError, match="input_scale"):
+        Diffusion(input_scale=0.0)

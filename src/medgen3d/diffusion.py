@@ -64,15 +64,25 @@ class Diffusion:
             narrow networks with many input channels) or ``"rflow"`` (velocity prediction).
         num_train_timesteps: ``T``.
         schedule: MONAI beta schedule name (DDPM only).
+        input_scale: the clean sample is multiplied by this before it is noised (Chen 2023,
+            "On the importance of noise scheduling for diffusion models"), which divides
+            the signal-to-noise ratio of every timestep by its square. Data that repeats
+            itself, such as the nearly identical slices of a mask sequence, shows its
+            signal through far more noise than one image does; without the shift the
+            network learns to read a shape into pure noise, and samples follow the noise.
+            Samples come back in the scaled range (their arg-max is what matters).
     """
 
     objective: str = "ddpm"
     num_train_timesteps: int = 1000
     schedule: str = "scaled_linear_beta"
+    input_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if not 0.0 < self.input_scale <= 1.0:
+            raise ValueError(f"input_scale must be in (0, 1], got {self.input_scale}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Diffusion:
@@ -83,6 +93,7 @@ class Diffusion:
             "objective": self.objective,
             "num_train_timesteps": self.num_train_timesteps,
             "schedule": self.schedule,
+            "input_scale": self.input_scale,
         }
 
     # ---- training -----------------------------------------------------------------------
@@ -94,6 +105,7 @@ class Diffusion:
         self, clean: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The noisy input at ``timesteps`` and the regression target of the objective."""
+        clean = clean * self.input_scale
         noisy = self._make_scheduler(self.objective).add_noise(clean, noise, timesteps)
         targets = {"ddpm": noise, "x0": clean, "rflow": clean - noise}
         return noisy, targets[self.objective]
@@ -140,8 +152,14 @@ class Diffusion:
         self, clean: torch.Tensor, noise: torch.Tensor, schedule: SamplingSchedule
     ) -> torch.Tensor:
         """``clean`` noised to the first timestep of ``schedule`` (SDEdit's starting point)."""
-        t = torch.full((clean.shape[0],), schedule.timesteps[0], device=clean.device)
-        return schedule.scheduler.add_noise(clean, noise, t)
+        return self.noise_to(clean, noise, schedule, schedule.timesteps[0])
+
+    def noise_to(
+        self, clean: torch.Tensor, noise: torch.Tensor, schedule: SamplingSchedule, timestep: int
+    ) -> torch.Tensor:
+        """``clean`` (unscaled) noised to ``timestep``, as training noised it."""
+        t = torch.full((clean.shape[0],), timestep, device=clean.device)
+        return schedule.scheduler.add_noise(clean * self.input_scale, noise, t)
 
     def denoise(
         self,

@@ -159,8 +159,7 @@ def _sample_sequence(
         if not known_np.any():
             return
         noise = torch.randn(values.shape, generator=generator).to(device)
-        t = torch.full((1,), timestep, device=device, dtype=torch.long)
-        noised = schedule.scheduler.add_noise(values, noise, t)
+        noised = model.diffusion.noise_to(values, noise, schedule, timestep)
         sample[:, :, known] = noised[:, :, known]
 
     sample = torch.randn(values.shape, generator=generator).to(device)
