@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 from medgen3d.cli import main
+from medgen3d.evaluation.anatomy import implausible, mask_anatomy
 from medgen3d.io import load_volume
 from medgen3d.model import demo_model_path, load_model
-from medgen3d.phantom import PHANTOM_TABLE
+from medgen3d.phantom import PHANTOM_TABLE, make_phantom
 
 
 def test_demo_model_holds_three_small_stages_for_the_phantom() -> None:
@@ -50,3 +52,31 @@ def test_demo_pair_is_aligned_and_has_the_phantoms_tissues(tmp_path: Path) -> No
     assert mean_hu[0] < -900  # air outside the body
     assert -300 < mean_hu[1] < 200  # soft tissue
     assert all(mean_hu[v] < -500 for v in (2, 3) if v in mean_hu)  # aerated lungs
+
+
+def test_demo_masks_have_the_phantoms_anatomy(tmp_path: Path) -> None:
+    """A whole 64-slice mask volume: organs where the phantom has them, in one piece, and
+    plausible next to fresh phantoms (volumes, components, continuity)."""
+    args = ["generate", "--model", "demo", "--out", str(tmp_path), "--stage", "masks"]
+    assert main([*args, "--steps", "10", "--device", "cpu", "--seed", "3"]) == 0
+    label = load_volume(tmp_path / "sample_0000_label.nii.gz", "label").data  # RAS: z, y, x
+    names = PHANTOM_TABLE.names
+    centre = {n: ndimage.center_of_mass(label == v) for v, n in enumerate(names) if v}
+
+    body = label > 0
+    assert np.hypot(centre["body"][1] - 31.5, centre["body"][2] - 31.5) < 6  # centred
+    pieces = [ndimage.label(s)[1] for s in body if s.any()]
+    assert np.mean(np.equal(pieces, 1)) > 0.9  # one torso per slice
+    assert centre["right_lung"][2] - centre["left_lung"][2] > 15  # right lung at larger x
+    assert centre["heart"][1] > centre["spine"][1] + 8  # heart anterior to the spine
+    assert centre["heart"][0] < 40 < centre["trachea"][0]  # trachea above the heart
+
+    reference = [make_phantom(seed).label.data for seed in range(100, 108)]
+    spacing = (5.0, 6.0, 6.0)
+    problems = implausible(
+        mask_anatomy(label, len(names), spacing),
+        [mask_anatomy(r, len(names), spacing) for r in reference],
+        names[1:],
+    )
+    big = ("body", "right_lung", "left_lung", "heart", "spine")
+    assert [p for p in problems if p.startswith(big)] == []

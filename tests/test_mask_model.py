@@ -201,3 +201,17 @@ def test_input_scale_divides_the_signal_to_noise_ratio_and_sampling_follows() ->
     assert torch.equal(last.sample.argmax(dim=1), clean.argmax(dim=1))
     with pytest.raises(ValueError, match="input_scale"):
         Diffusion(input_scale=0.0)
+
+
+def test_a_checkpoint_from_before_coordinates_loads_without_them(tmp_path: Path) -> None:
+    model = _build(coordinates=False)
+    written_then = {k: v for k, v in model.config.items() if k != "coordinates"}
+    config = {"data": DATA.to_dict(), "model": written_then}
+    save_checkpoint(
+        Checkpoint("masks", config, {"network": model.network.state_dict()}), tmp_path / "old.pt"
+    )
+    loaded = MaskDiffusionModel.from_checkpoint(load_checkpoint(tmp_path / "old.pt", "masks"))
+    assert loaded.config["coordinates"] is False
+    model.network.eval()
+    inputs = _inputs()
+    assert torch.equal(_predict(model, inputs), _predict(loaded, inputs))

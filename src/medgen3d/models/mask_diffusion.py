@@ -338,8 +338,13 @@ class MaskDiffusionModel:
     def from_checkpoint(
         cls, checkpoint: Checkpoint, device: torch.device | str = "cpu"
     ) -> MaskDiffusionModel:
-        """Rebuild from a ``masks`` checkpoint's config and load its inference weights."""
-        model = cls.build(DataSpec.from_dict(checkpoint.config["data"]), checkpoint.config["model"])
+        """Rebuild from a ``masks`` checkpoint's config and load its inference weights.
+
+        A checkpoint stores its resolved config, so a key it lacks did not exist when it was
+        written: such models were built without coordinate channels.
+        """
+        config = {"coordinates": False, **checkpoint.config["model"]}
+        model = cls.build(DataSpec.from_dict(checkpoint.config["data"]), config)
         model.network.load_state_dict(checkpoint.weights["network"])
         model.network.to(device).eval()
         return model
