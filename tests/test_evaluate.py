@@ -225,6 +225,8 @@ def test_evaluate_command_writes_the_report_and_refuses_to_overwrite_it(
     assert main(command) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["downstream_dice"] is None and metrics["fidelity"]["fid"] < 1e-6
-    assert "medgen3d evaluate" in (out / "report.md").read_text()
+    assert metrics["segmenter"] == "given"
+    report = (out / "report.md").read_text()
+    assert "medgen3d evaluate" in report and "the alignment segmenter was given" in report
     assert main(command) == 2
     assert "already exists" in capsys.readouterr().err

@@ -155,6 +155,7 @@ def evaluate(
     real = CaseBank.from_folder(real_dir, data)
     synthetic = CaseBank.from_folder(synthetic_dir, dataclasses.replace(data, label_mapping=None))
     train_ids, held_ids = split_real(len(real), settings.held_out, settings.seed)
+    segmenter_source = "given" if segmenter is not None else "trained on the real set"
     if segmenter is None:
         segmenter = yield from _train(real, train_ids, num_classes, settings, device, "alignment")
     elif segmenter.num_classes != num_classes:
@@ -225,6 +226,7 @@ def evaluate(
             "synthetic": len(synthetic),
         },
         "labels": list(names[1:]),
+        "segmenter": segmenter_source,
         "settings": settings.to_dict(),
         "alignment_dice": alignment,
         "fidelity": fidelity,

@@ -96,11 +96,17 @@ def _markdown(metrics: dict[str, Any], command: str | None, figures: Sequence[st
     lines = ["# Evaluation of synthetic pairs", ""]
     if command:
         lines += ["Made with:", "", "```", command, "```", ""]
+    if metrics["segmenter"] == "given":
+        split = f"the alignment segmenter was given; {cases['real_held_out']} held out score it"
+    else:
+        split = (
+            f"{cases['real_segmenter_training']} train the segmenter, "
+            f"{cases['real_held_out']} held out to score it"
+        )
     lines += [
-        f"Real cases: {cases['real']} ({cases['real_segmenter_training']} train the "
-        f"segmenter, {cases['real_held_out']} held out to score it); synthetic cases: "
-        f"{cases['synthetic']}. Segmenters: MONAI SegResNet (2D, axial slices), "
-        f"{seg['steps']} steps, batch {seg['batch_size']}, seed {metrics['settings']['seed']}.",
+        f"Real cases: {cases['real']} ({split}); synthetic cases: {cases['synthetic']}. "
+        f"Segmenters: MONAI SegResNet (2D, axial slices), {seg['steps']} steps, batch "
+        f"{seg['batch_size']}, seed {metrics['settings']['seed']}.",
         "",
     ]
     if "samples" in figures:
