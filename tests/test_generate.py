@@ -66,6 +66,17 @@ def test_pair_runs_every_stage_and_is_aligned_and_seeded(model: GenerativeModel)
     np.testing.assert_array_equal(masks_only.label.data, pair.label.data)
 
 
+def test_previews_carry_the_grid_the_result_lies_on(model: GenerativeModel) -> None:
+    reports: list[Progress] = []
+    pair = drain(generate_pair(model, FAST), reports.append)
+    previews = [r for r in reports if r.preview is not None]
+    assert {r.stage for r in previews} == {"masks", "images", "refiner"}
+    for report in previews:
+        assert report.preview.shape == pair.label.shape
+        np.testing.assert_allclose(report.affine, pair.label.affine, atol=1e-6)
+    assert all(r.affine is None for r in reports if r.preview is None)
+
+
 def test_seeded_slices_come_back_exactly_on_the_seeds_grid(model: GenerativeModel) -> None:
     seeds = np.zeros((14, 16, 16), dtype=np.uint8)
     seeds[3, 4:12, 4:12] = 4  # heart painted on slice 3

@@ -25,7 +25,7 @@ from medgen3d.io import Volume, atomic_output, is_nifti_path, load_volume, save_
 from medgen3d.model import GenerativeModel
 from medgen3d.pipeline import generate_images, image_from_mask, stage_seed
 from medgen3d.preprocessing import preprocess_pair, resample_like
-from medgen3d.progress import ProgressGenerator
+from medgen3d.progress import ProgressGenerator, with_affine
 from medgen3d.recipe import DataSpec
 from medgen3d.refine import RefineSettings, refine_volume
 from medgen3d.sampling import sample_mask_volume
@@ -136,7 +136,7 @@ def generate_masks(
         grid = seeds
         known_labels = table.to_channels(seeds.data, "the seed mask")
         known = known_labels.reshape(len(known_labels), -1).any(axis=1)
-    channels = yield from sample_mask_volume(
+    work = sample_mask_volume(
         mask_model,
         grid.shape[0],
         seed=stage_seed(settings.seed, "masks"),
@@ -147,6 +147,7 @@ def generate_masks(
         known=known,
         preview_every=max(1, settings.steps // 4),
     )
+    channels = yield from with_affine(work, grid.affine)
     values = table.from_channels(channels)
     if seeds is not None:  # seeded slices are returned exactly as given
         values[known] = seeds.data[known].astype(values.dtype)
@@ -192,16 +193,17 @@ def refine_image(
     """Refine an image (physical units) with its label volume, on the image's own grid."""
     image, label = _on_one_grid(image, label)
     model.data.labels.check_values(label.data, "the label layer")
-    normalised, on_grid = preprocess_pair(image, label, model.data.preprocessing)
+    normalised, label_on_grid = preprocess_pair(image, label, model.data.preprocessing)
     refine = _refine_settings(settings)
-    refined = yield from refine_volume(
+    work = refine_volume(
         model.stage("refiner"),
         normalised.data,
-        model.data.labels.to_channels(on_grid.data),
+        model.data.labels.to_channels(label_on_grid.data),
         strength=refine.strength,
         steps=refine.steps,
         seed=stage_seed(settings.seed, "refiner"),
     )
+    refined = yield from with_affine(work, normalised.affine)
     physical = normalised.with_data(model.data.preprocessing.window.to_physical(refined))
     return resample_like(physical, image, "image")
 
@@ -232,13 +234,14 @@ def regenerate_slices(
     window, overlap = model.data.preprocessing.window, model.data.overlap
     region = np.convolve(np.asarray(changed, float), np.ones(2 * overlap + 1), "same") > 0
     channels = model.data.labels.to_channels(label.data, "the edited label layer")
-    updated = yield from generate_images(
+    work = generate_images(
         model.stage("images"),
         channels,
         seed=stage_seed(settings.seed, "images"),
         previous=window.to_model(image.data),
         region=region,
     )
+    updated = yield from with_affine(work, image.affine)
     refine = _refine_settings(settings)
     if "refiner" in model.stages and refine.strength > 0:
         updated[region] = yield from refine_volume(

@@ -30,7 +30,7 @@ from medgen3d.io import Volume, load_volume
 from medgen3d.models.image_generator import ImageGenerator
 from medgen3d.models.refiner import SemanticRefiner
 from medgen3d.preprocessing import preprocess_pair, resample_like
-from medgen3d.progress import Progress, ProgressGenerator
+from medgen3d.progress import Progress, ProgressGenerator, with_affine
 from medgen3d.refine import RefineSettings, refine_volume
 from medgen3d.sequences import relative_position, sequence_starts
 
@@ -175,7 +175,8 @@ def image_from_mask(
     _, on_grid = preprocess_pair(None, values, data.preprocessing)
     _check_model_grid(on_grid, generator, source)
     channels = data.labels.to_channels(on_grid.data, source)
-    image = yield from image_from_labels(generator, refiner, channels, seed=seed, refine=refine)
+    work = image_from_labels(generator, refiner, channels, seed=seed, refine=refine)
+    image = yield from with_affine(work, on_grid.affine)
     physical = Volume(data.preprocessing.window.to_physical(image), on_grid.affine)
     return resample_like(physical, label, "image")
 

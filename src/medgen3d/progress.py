@@ -9,13 +9,14 @@ drains them with :func:`drain`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
 
-__all__ = ["Progress", "ProgressGenerator", "drain"]
+__all__ = ["Progress", "ProgressGenerator", "drain", "with_affine"]
 
 T = TypeVar("T")
 
@@ -30,12 +31,16 @@ class Progress:
         total: units in the stage.
         preview: optionally, the current estimate of the stage's output volume
             (``(Z, H, W)``), for live display; ``None`` most of the time.
+        affine: the preview's voxel-to-world affine (nibabel ``(x, y, z)`` order), where
+            the caller that knows the grid attached it (:func:`with_affine`), so a viewer can
+            show the preview where the result will appear.
     """
 
     stage: str
     done: int
     total: int
     preview: np.ndarray | None = None
+    affine: np.ndarray | None = None
 
 
 ProgressGenerator = Generator[Progress, None, T]
@@ -52,3 +57,16 @@ def drain(
             return stop.value
         if callback is not None:
             callback(report)
+
+
+def with_affine(
+    work: Generator[Progress, Any, T], affine: np.ndarray
+) -> Generator[Progress, Any, T]:
+    """``work``, its previews placed with ``affine``: the grid its arrays lie on, which the
+    array-level functions that yield them (sampling, stage 2, the refiner) do not know."""
+    while True:
+        try:
+            report = next(work)
+        except StopIteration as stop:
+            return stop.value
+        yield report if report.preview is None else dataclasses.replace(report, affine=affine)

@@ -37,6 +37,7 @@ from napari_medgen3d._layers import (
     GEOMETRY_KEY,
     labels_style,
     layer_to_volume,
+    placement,
     volume_to_layer,
 )
 from napari_medgen3d._tooltips import TOOLTIPS
@@ -364,7 +365,7 @@ class MedGen3DWidget(Container):
         bar.n = report.done
         bar.refresh()
         if report.preview is not None and worker is self._worker:
-            self._show_preview(report.stage, report.preview)
+            self._show_preview(report.stage, report.preview, report.affine)
 
     def _add_results(self, result: dict) -> None:
         """Add each returned ``(volume, name[, settings])`` as a layer (``labels*`` keys
@@ -435,15 +436,19 @@ class MedGen3DWidget(Container):
                 kwargs["contrast_limits"] = (window.low, window.high)
             self._viewer.add_image(data, **kwargs)
 
-    def _show_preview(self, stage: str, preview: np.ndarray) -> None:
+    def _show_preview(self, stage: str, preview: np.ndarray, affine: np.ndarray | None) -> None:
         # masks preview as labels, images as an image: one layer of each kind, never mixed
         name = f"{PREVIEW_LAYER} ({stage})"
         if name in self._viewer.layers:
             self._viewer.layers[name].data = preview
             return
         extra: dict[str, Any] = {}
+        if affine is not None:  # where the result will appear
+            from medgen3d.io import Volume
+
+            extra = placement(Volume(preview, affine))
         if self._model is not None and stage == "masks":
-            extra = labels_style(self._model.data.labels)
+            extra.update(labels_style(self._model.data.labels))
         add = self._viewer.add_labels if stage == "masks" else self._viewer.add_image
         add(preview, name=name, opacity=0.5, **extra)
 

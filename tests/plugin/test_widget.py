@@ -124,3 +124,14 @@ def test_check_pair_shows_the_figures_of_medgen3d_check(make_napari_viewer, qtbo
     assert shown.startswith("FLAGGED: ct labels")
     assert "heart: median intensity" in shown and "body" in shown
     assert len(viewer.layers) == 2  # checking adds no layer
+
+
+def test_previews_appear_where_the_result_will(widget) -> None:
+    from medgen3d.generate import model_grid
+
+    viewer, w = widget
+    affine = model_grid(DATA, 12)
+    w._show_preview("masks", np.zeros((12, 16, 16), np.uint8), affine)
+    preview = viewer.layers["MedGen3D preview (masks)"]
+    np.testing.assert_allclose(preview.scale, (3.0, 2.0, 2.0))
+    np.testing.assert_allclose(preview.translate, affine[[2, 1, 0], 3])
