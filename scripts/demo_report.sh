@@ -14,4 +14,4 @@ BIN=${MEDGEN3D:-.venv/bin/medgen3d}
 "$BIN" phantom --out "$WORK/real" -n 16 --seed 1 --overwrite
 "$BIN" generate --model demo --out "$WORK/synthetic" -n 8 --seed 0 --overwrite
 "$BIN" evaluate --real "$WORK/real" --synthetic "$WORK/synthetic" --model demo \
-    --steps 600 --out resources/reports/demo --overwrite
+    --out resources/reports/demo --overwrite

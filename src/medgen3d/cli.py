@@ -293,7 +293,7 @@ def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument("--model", default="demo", help="the model whose grid, window and labels apply")
     p.add_argument("--segmenter", help="a segmenter.pt from an earlier report, instead of training")
-    p.add_argument("--steps", type=int, default=300, help="training steps of each segmenter")
+    p.add_argument("--steps", type=int, default=600, help="training steps of each segmenter")
     p.add_argument("--held-out", type=float, default=0.25, help="fraction of real cases held out")
     p.add_argument("--downstream-real", type=int, default=2, help="real cases, downstream arms")
     p.add_argument("--no-downstream", action="store_true", help="skip the downstream experiment")

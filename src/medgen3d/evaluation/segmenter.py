@@ -79,7 +79,7 @@ class SegmenterSettings:
         seed: seeds the initial weights and every step's slice draw.
     """
 
-    steps: int = 300
+    steps: int = 600
     batch_size: int = 16
     learning_rate: float = 1e-2
     init_filters: int = 8
