@@ -306,17 +306,14 @@ def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
 def _run_evaluate(args: argparse.Namespace) -> None:
     import shlex
 
-    from medgen3d.errors import OutputExistsError
     from medgen3d.evaluation.evaluate import EvaluationSettings, evaluate
-    from medgen3d.evaluation.report import REPORT_FILES, write_report
+    from medgen3d.evaluation.report import check_report_folder, write_report
     from medgen3d.evaluation.segmenter import Segmenter, SegmenterSettings
     from medgen3d.model import load_model
     from medgen3d.progress import drain
     from medgen3d.runtime import resolve_device
 
-    existing = [Path(args.out) / f for f in REPORT_FILES if (Path(args.out) / f).exists()]
-    if existing and not args.overwrite:  # before the work, not after it
-        raise OutputExistsError(existing[0])
+    check_report_folder(args.out, args.overwrite)  # before the work, not after it
     device = resolve_device(args.device)
     data = load_model(args.model).data
     settings = EvaluationSettings(

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-__all__ = ["Progress", "ProgressGenerator", "drain", "with_affine"]
+__all__ = ["Progress", "ProgressGenerator", "drain", "map_reports", "with_affine"]
 
 T = TypeVar("T")
 
@@ -59,14 +59,25 @@ def drain(
             callback(report)
 
 
-def with_affine(
-    work: Generator[Progress, Any, T], affine: np.ndarray
+def map_reports(
+    work: Generator[Progress, Any, T], change: Callable[[Progress], Progress]
 ) -> Generator[Progress, Any, T]:
-    """``work``, its previews placed with ``affine``: the grid its arrays lie on, which the
-    array-level functions that yield them (sampling, stage 2, the refiner) do not know."""
+    """``work`` with every report passed through ``change``, and its return value kept."""
     while True:
         try:
             report = next(work)
         except StopIteration as stop:
             return stop.value
-        yield report if report.preview is None else dataclasses.replace(report, affine=affine)
+        yield change(report)
+
+
+def with_affine(
+    work: Generator[Progress, Any, T], affine: np.ndarray
+) -> Generator[Progress, Any, T]:
+    """``work``, its previews placed with ``affine``: the grid its arrays lie on, which the
+    array-level functions that yield them (sampling, stage 2, the refiner) do not know."""
+
+    def place(report: Progress) -> Progress:
+        return report if report.preview is None else dataclasses.replace(report, affine=affine)
+
+    return (yield from map_reports(work, place))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -133,6 +134,7 @@ def check_pair(
     segmenter: Segmenter | None = None,
     min_dice: float = DEFAULT_MIN_DICE,
     name: str = "pair",
+    source: str | Path | None = None,
 ) -> PairCheck:
     """Check one pair against its model's training intensities and, optionally, a segmenter.
 
@@ -144,11 +146,12 @@ def check_pair(
         segmenter: when given, alignment is checked too.
         min_dice: the lowest acceptable mean foreground Dice.
         name: what to call the pair in the result.
+        source: the label map's file, named in errors.
 
     Raises:
         InputError: when the label map holds values the model's table does not.
     """
-    data.labels.check_values(label.data)
+    data.labels.check_values(label.data, source)
     image, label = preprocess_pair(image, label, data.preprocessing)
     channels = data.labels.to_channels(label.data)
     names = data.labels.names
@@ -211,7 +214,8 @@ def check_pairs(
     for done, case in enumerate(cases, start=1):
         image, label = load_pair(case.image, case.label)
         # generated pairs carry the table's own values, never the training data's mapping
-        data.labels.check_values(label.data, case.label)
-        results.append(check_pair(image, label, data, ranges, segmenter, min_dice, case.name))
+        results.append(
+            check_pair(image, label, data, ranges, segmenter, min_dice, case.name, case.label)
+        )
         yield Progress("check", done, len(cases))
     return results

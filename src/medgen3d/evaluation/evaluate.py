@@ -42,7 +42,7 @@ from medgen3d.evaluation.segmenter import (
     dice_per_label,
     train_segmenter,
 )
-from medgen3d.progress import Progress, ProgressGenerator
+from medgen3d.progress import Progress, ProgressGenerator, map_reports
 from medgen3d.recipe import DataSpec
 from medgen3d.train.bank import CaseBank
 
@@ -255,12 +255,8 @@ def _train(
         labels += list(extra.labels)
     seeded = dataclasses.replace(settings.segmenter, seed=settings.seed)
     work = train_segmenter(images, labels, num_classes, seeded, device)
-    while True:
-        try:
-            report = next(work)
-        except StopIteration as stop:
-            return stop.value
-        yield dataclasses.replace(report, stage=f"segmenter ({purpose})")
+    stage = f"segmenter ({purpose})"
+    return (yield from map_reports(work, lambda report: dataclasses.replace(report, stage=stage)))
 
 
 def _downstream(

@@ -21,7 +21,7 @@ from medgen3d.evaluation.evaluate import DOWNSTREAM_ARMS, Evaluation
 from medgen3d.io import atomic_output
 from medgen3d.train.bank import CaseBank
 
-__all__ = ["REPORT_FILES", "write_report"]
+__all__ = ["REPORT_FILES", "check_report_folder", "write_report"]
 
 REPORT_FILES = ("report.md", "metrics.json", "segmenter.pt")
 _FIGURES = ("samples", "alignment", "anatomy", "downstream")
@@ -49,9 +49,7 @@ def write_report(
         OutputExistsError: when ``out_dir`` already holds a report and not ``overwrite``.
     """
     out_dir = Path(out_dir)
-    existing = [out_dir / name for name in REPORT_FILES if (out_dir / name).exists()]
-    if existing and not overwrite:
-        raise OutputExistsError(existing[0])
+    check_report_folder(out_dir, overwrite)
     (out_dir / "figures").mkdir(parents=True, exist_ok=True)
     written = []
     figures = {
@@ -87,6 +85,18 @@ def write_report(
         tmp.write_text(_markdown(evaluation.metrics, command, sorted(figures)))
     written.append(path)
     return written
+
+
+def check_report_folder(out_dir: str | Path, overwrite: bool) -> None:
+    """Refuse a folder that holds a report unless ``overwrite``; callers check before the
+    evaluation, which takes minutes, as well as :func:`write_report` does after it.
+
+    Raises:
+        OutputExistsError: naming the first report file found.
+    """
+    existing = [Path(out_dir) / name for name in REPORT_FILES if (Path(out_dir) / name).exists()]
+    if existing and not overwrite:
+        raise OutputExistsError(existing[0])
 
 
 # ---- markdown ----------------------------------------------------------------------------
