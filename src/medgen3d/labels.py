@@ -25,7 +25,7 @@ import numpy as np
 
 from medgen3d.errors import InputError
 
-__all__ = ["Label", "LabelTable", "bundled_table"]
+__all__ = ["Label", "LabelTable", "bundled_table", "read_label_mapping"]
 
 _COLOUR = re.compile(r"^#[0-9a-fA-F]{6}$")
 # Distinct fallback colours (tab20-like), used when a table file names none.
@@ -215,6 +215,37 @@ def bundled_table(name: str) -> LabelTable:
     """A label table shipped with the package (``medgen3d/labels/<name>.txt``)."""
     ref = resources.files("medgen3d") / "labels" / f"{name}.txt"
     return LabelTable.from_text(ref.read_text(), f"medgen3d/labels/{name}.txt")
+
+
+def read_label_mapping(path: str | Path) -> dict[int, int]:
+    """Read a label-mapping file: one ``source_value target_value`` pair per line.
+
+    Text after ``#`` is a comment (the shipped mappings name each source structure there),
+    so a mapping stays readable next to the parcellation it translates.
+
+    Raises:
+        InputError: naming the file and the line, for unreadable files, malformed lines or a
+            source value given twice.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise InputError(f"cannot read label mapping ({exc.strerror})", path) from exc
+    mapping: dict[int, int] = {}
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        tokens = line.split("#", 1)[0].split()
+        if not tokens:
+            continue
+        if len(tokens) != 2 or not all(t.isdigit() for t in tokens):
+            raise InputError(f"line {lineno}: expected '<source value> <target value>'", path)
+        source, target = int(tokens[0]), int(tokens[1])
+        if source in mapping:
+            raise InputError(f"line {lineno}: source value {source} is mapped twice", path)
+        mapping[source] = target
+    if not mapping:
+        raise InputError("the label mapping is empty", path)
+    return mapping
 
 
 def _default_colour(value: int) -> str:

@@ -5,7 +5,7 @@ or grid::
 
     {
       "data":    {"labels": "thorax_phantom", "label_mapping": null,
-                  "spacing": [5, 6, 6], "size": [64, 64],
+                  "spacing": [5, 6, 6], "size": [64, 64], "holdout": [],
                   "window": {"modality": "ct", "low": -1000, "high": 1000},
                   "sequence_length": 16, "overlap": 4},
       "masks":   {"model": {...}, "training": {...}},
@@ -15,7 +15,9 @@ or grid::
 
 Paths to data and outputs are not part of a recipe: they come from the command line, so
 one recipe moves between machines. ``"labels"`` names a bundled table
-(``medgen3d/labels/``) or a table file relative to the recipe. A stage's ``"model"`` section
+(``medgen3d/labels/``) or a table file relative to the recipe; ``"label_mapping"`` is inline
+or a mapping file relative to the recipe (:func:`~medgen3d.labels.read_label_mapping`), and
+``"holdout"`` lists case names training never reads. A stage's ``"model"`` section
 is checked by that stage's network builder; ``"training"`` is :class:`TrainingSettings`.
 Unknown keys are errors, so a typo never silently falls back to a default.
 """
@@ -30,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from medgen3d.errors import InputError
-from medgen3d.labels import LabelTable, bundled_table
+from medgen3d.labels import LabelTable, bundled_table, read_label_mapping
 from medgen3d.preprocessing import IntensityWindow, Preprocessing
 
 __all__ = ["DataSpec", "Recipe", "StageRecipe", "TrainingSettings", "load_recipe"]
@@ -38,13 +40,19 @@ __all__ = ["DataSpec", "Recipe", "StageRecipe", "TrainingSettings", "load_recipe
 
 @dataclass(frozen=True)
 class DataSpec:
-    """The grid, intensities, labels and sequence geometry shared by all stages."""
+    """The grid, intensities, labels and sequence geometry shared by all stages.
+
+    ``holdout`` names the cases of the recipe's dataset that training never reads: they are
+    kept for evaluation, and a model carries the list so its report can say which scans it
+    has never seen.
+    """
 
     labels: LabelTable
     preprocessing: Preprocessing
     sequence_length: int = 16
     overlap: int = 4
     label_mapping: dict[int, int] | None = None
+    holdout: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not 0 <= self.overlap < self.sequence_length:
@@ -63,6 +71,7 @@ class DataSpec:
             "window": dataclasses.asdict(pre.window),
             "sequence_length": self.sequence_length,
             "overlap": self.overlap,
+            "holdout": list(self.holdout),
         }
 
     @classmethod
@@ -70,10 +79,19 @@ class DataSpec:
         """Parse the ``"data"`` section; ``base`` resolves a relative label-table path."""
         _check_keys(
             d,
-            {"labels", "label_mapping", "spacing", "size", "window", "sequence_length", "overlap"},
+            {
+                "labels",
+                "label_mapping",
+                "spacing",
+                "size",
+                "window",
+                "sequence_length",
+                "overlap",
+                "holdout",
+            },
             "data",
         )
-        mapping = d.get("label_mapping")
+        mapping = _label_mapping(d.get("label_mapping"), base)
         spacing, size = d.get("spacing"), d.get("size")
         return cls(
             labels=_label_table(d["labels"], base),
@@ -84,7 +102,8 @@ class DataSpec:
             ),
             sequence_length=int(d.get("sequence_length", 16)),
             overlap=int(d.get("overlap", 4)),
-            label_mapping=None if mapping is None else {int(k): int(v) for k, v in mapping.items()},
+            label_mapping=mapping,
+            holdout=tuple(str(name) for name in d.get("holdout", ())),
         )
 
 
@@ -176,6 +195,15 @@ def load_recipe(path: str | Path) -> Recipe:
     except (KeyError, TypeError, ValueError) as exc:
         raise InputError(f"invalid recipe: {exc}", path) from exc
     return Recipe(data, stages, path)
+
+
+def _label_mapping(spec: Any, base: Path | None) -> dict[int, int] | None:
+    """``label_mapping`` inline (``{"source": target}``) or as a mapping file's path."""
+    if spec is None:
+        return None
+    if isinstance(spec, str):
+        return read_label_mapping(Path(spec) if base is None else base / spec)
+    return {int(k): int(v) for k, v in spec.items()}
 
 
 def _label_table(spec: Any, base: Path | None) -> LabelTable:

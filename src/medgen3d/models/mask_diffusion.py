@@ -69,6 +69,11 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "num_head_channels": 8,
     "position_dropout": 0.15,
     "coordinates": True,
+    # Width of a 1x1 convolution that projects the 2 L C + L input channels before the UNet
+    # and of the 1x1 convolution that expands its output to L C; None feeds them to the
+    # UNet's 3x3 convolutions directly. With many labels those two 3x3 convolutions cost
+    # more than the rest of the network (benchmarks/README.md, "Where a mask step's time goes").
+    "stem_channels": None,
     # Clean-sample prediction: a 2D network must otherwise carry L*C noise channels through
     # its narrow first level (see benchmarks/README.md).
     "diffusion": Diffusion(objective="x0").to_dict(),
@@ -119,6 +124,9 @@ def check_config(config: Mapping[str, Any], data: DataSpec | None = None) -> dic
     _check_per_level(resolved, "num_head_channels", len(channels))
     if not isinstance(resolved["coordinates"], bool):
         raise ValueError(f"coordinates must be true or false, got {resolved['coordinates']!r}")
+    stem = resolved["stem_channels"]
+    if stem is not None and (not isinstance(stem, int) or isinstance(stem, bool) or stem < 1):
+        raise ValueError(f"stem_channels must be a positive integer or null, got {stem!r}")
     if not 0.0 <= resolved["position_dropout"] <= 1.0:
         raise ValueError(f"position_dropout must be in [0, 1], got {resolved['position_dropout']}")
     try:
@@ -240,10 +248,18 @@ class MaskDenoiser(nn.Module):
         self.coordinates = config["coordinates"]
         flat = self.layout == "2d"
         per_slice = length if flat else 1
+        spatial_dims = 2 if flat else 3
+        in_channels = per_slice * (2 * num_classes + 1) + (2 if self.coordinates else 0)
+        out_channels = per_slice * num_classes
+        stem = config["stem_channels"]
+        conv = nn.Conv2d if flat else nn.Conv3d
+        # Identity when there is no stem: the state dict (and old checkpoints) stay unchanged.
+        self.stem = nn.Identity() if stem is None else conv(in_channels, stem, 1)
+        self.head = nn.Identity() if stem is None else conv(stem, out_channels, 1)
         self.unet = PositionalDiffusionUNet(
-            spatial_dims=2 if flat else 3,
-            in_channels=per_slice * (2 * num_classes + 1) + (2 if self.coordinates else 0),
-            out_channels=per_slice * num_classes,
+            spatial_dims=spatial_dims,
+            in_channels=in_channels if stem is None else stem,
+            out_channels=out_channels if stem is None else stem,
             channels=tuple(config["channels"]),
             num_res_blocks=config["num_res_blocks"],
             attention_levels=tuple(config["attention_levels"]),
@@ -279,7 +295,7 @@ class MaskDenoiser(nn.Module):
             packed = packed.reshape(b, (2 * c + 1) * length, h, w)
         if self.coordinates:
             packed = torch.cat([packed, _plane_coordinates(packed)], dim=1)
-        out = self.unet(packed, timesteps, position)
+        out = self.head(self.unet(self.stem(packed), timesteps, position))
         return out.reshape(b, c, length, h, w)
 
 
@@ -341,9 +357,9 @@ class MaskDiffusionModel:
         """Rebuild from a ``masks`` checkpoint's config and load its inference weights.
 
         A checkpoint stores its resolved config, so a key it lacks did not exist when it was
-        written: such models were built without coordinate channels.
+        written: such models were built without coordinate channels and without a stem.
         """
-        config = {"coordinates": False, **checkpoint.config["model"]}
+        config = {"coordinates": False, "stem_channels": None, **checkpoint.config["model"]}
         model = cls.build(DataSpec.from_dict(checkpoint.config["data"]), config)
         model.network.load_state_dict(checkpoint.weights["network"])
         model.network.to(device).eval()

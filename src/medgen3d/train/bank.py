@@ -49,14 +49,18 @@ class CaseBank:
         root: str | Path,
         spec: DataSpec,
         progress: Callable[[int, int], None] | None = None,
+        exclude: Sequence[str] = (),
     ) -> CaseBank:
-        """Load every pair under ``root`` (any layout :func:`discover_pairs` knows).
+        """Load every pair under ``root`` (any layout :func:`discover_pairs` knows), except
+        the cases named in ``exclude`` (a recipe's held-out cases, when training).
 
         Raises:
             InputError: naming the file, for unreadable pairs or unknown label values, or
                 naming the case when it has fewer slices than one sequence.
         """
-        cases = discover_pairs(root)
+        cases = [case for case in discover_pairs(root) if case.name not in set(exclude)]
+        if not cases:
+            raise InputError("every pair in this folder is excluded (held out)", root)
         images, labels = [], []
         for i, case in enumerate(cases):
             image, label = load_case(case, spec.labels, spec.preprocessing, spec.label_mapping)

@@ -84,9 +84,14 @@ def _train(stage, data_dir, recipe, settings, out, runtime, resume, overwrite, p
         )
         log.info("[config] data -> %s", json.dumps(recipe.data.to_dict()))
         log.info("[config] training -> %s", json.dumps(settings.to_dict()))
-    bank = CaseBank.from_folder(data_dir, recipe.data)
+    bank = CaseBank.from_folder(data_dir, recipe.data, exclude=recipe.data.holdout)
     if runtime.is_main:
-        log.info("loaded %d cases from %s", len(bank), data_dir)
+        log.info(
+            "loaded %d cases from %s (%d held out by the recipe)",
+            len(bank),
+            data_dir,
+            len(recipe.data.holdout),
+        )
     torch.manual_seed(settings.seed)  # identical initial weights on every rank
     module = importlib.import_module(STAGE_TASKS[stage])
     task = module.build_task(
