@@ -24,6 +24,8 @@ __all__ = ["build_parser", "main"]
 
 log = logging.getLogger("medgen3d")
 
+MODEL_HELP = "a bundled model (demo, brain-mri, headneck-ct), a model folder or a .pt file"
+
 
 def tqdm_progress(
     description: str, unit: str = "case"
@@ -111,6 +113,13 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue from --out")
     p.add_argument("--overwrite", action="store_true", help="replace --out and start afresh")
     p.add_argument("--max-steps", type=int, help="override the recipe's max_steps")
+    p.add_argument(
+        "--init-from",
+        metavar="MODEL|FILE",
+        help="start a fresh run from this stage's weights in a model (a bundled name such as "
+        "brain-mri, or a folder) or a checkpoint file; layers that depend on a different "
+        "label table start fresh",
+    )
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     p.set_defaults(run=_run_train)
 
@@ -129,6 +138,7 @@ def _run_train(args: argparse.Namespace) -> None:
             overwrite=args.overwrite,
             max_steps=args.max_steps,
             device=args.device,
+            init_from=args.init_from,
             progress=lambda step, total, losses: progress(
                 step, total, {k: f"{v:.4f}" for k, v in losses.items()}
             ),
@@ -146,7 +156,7 @@ def _add_generate(subparsers: argparse._SubParsersAction) -> None:
         "`torchrun --nproc-per-node P -m medgen3d generate ...` samples are shared out "
         "across the processes.",
     )
-    p.add_argument("--model", default="demo", help="demo (default), a model folder or a .pt file")
+    p.add_argument("--model", default="demo", help=MODEL_HELP)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("-n", type=int, default=1, help="number of samples (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="base seed (default: %(default)s)")
@@ -386,15 +396,18 @@ def _run_check(args: argparse.Namespace) -> int:
 
 
 def _add_info(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("info", help="say what a model holds")
-    p.add_argument("model", nargs="?", default="demo", help="demo, a model folder or a .pt file")
+    p = subparsers.add_parser(
+        "info", help="say what a model holds (without a model: every bundled model)"
+    )
+    p.add_argument("model", nargs="?", help=MODEL_HELP)
     p.set_defaults(run=_run_info)
 
 
 def _run_info(args: argparse.Namespace) -> None:
-    from medgen3d.model import load_model
+    from medgen3d.model import bundled_models, load_model
 
-    print(load_model(args.model).describe())
+    names = [args.model] if args.model else bundled_models()
+    print("\n\n".join(load_model(name).describe() for name in names))
 
 
 def _add_pack_model(subparsers: argparse._SubParsersAction) -> None:

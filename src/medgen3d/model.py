@@ -8,6 +8,9 @@ masks into images. ``"demo"`` names the small model bundled with the package.
 All stages present must agree on the data they were trained for (label table, grid,
 intensity window, sequence length and overlap); a model whose stages disagree is refused
 with the file that differs.
+
+Models bundled with the package are loaded by name (:data:`BUNDLED_MODELS`): ``demo``
+(the phantom), ``brain-mri`` and ``headneck-ct``.
 """
 
 from __future__ import annotations
@@ -25,9 +28,21 @@ from medgen3d.checkpoint import MODEL_STAGES, Checkpoint, load_checkpoint, save_
 from medgen3d.errors import InputError
 from medgen3d.recipe import DataSpec
 
-__all__ = ["DEMO", "GenerativeModel", "demo_model_path", "load_model", "pack_model"]
+__all__ = [
+    "BUNDLED_MODELS",
+    "DEMO",
+    "GenerativeModel",
+    "bundled_model_path",
+    "bundled_models",
+    "demo_model_path",
+    "load_model",
+    "pack_model",
+    "stage_file",
+]
 
 DEMO = "demo"
+# model name -> its folder inside the installed package
+BUNDLED_MODELS = {DEMO: "demo", "brain-mri": "brain_mri", "headneck-ct": "headneck_ct"}
 # stage -> (module, class) whose ``from_checkpoint(checkpoint, device)`` builds it
 STAGE_MODELS = {
     "masks": ("medgen3d.models.mask_diffusion", "MaskDiffusionModel"),
@@ -82,25 +97,77 @@ class GenerativeModel:
                 else f"percentiles [{window.low:g}, {window.high:g}]"
             ),
         ]
+        about = self._training_data()
+        if about:
+            lines += about
         for name in MODEL_STAGES:
             if name not in self.checkpoints:
                 lines.append(f"{name + ':':9s}(missing)")
                 continue
             provenance = self.checkpoints[name].config.get("provenance", {})
+            init = provenance.get("init_from") or {}
+            before = f" (after {init['steps']} steps of {init['source']})" if init else ""
             lines.append(
-                f"{name + ':':9s}trained {provenance.get('steps', '?')} steps on "
-                f"{provenance.get('cases', '?')} cases, saved {provenance.get('saved', '?')}"
+                f"{name + ':':9s}trained {provenance.get('steps', '?')} steps{before}"
+                + f" on {provenance.get('cases', '?')} cases, saved {provenance.get('saved', '?')}"
             )
         return "\n".join(lines)
+
+    def _training_data(self) -> list[str]:
+        """What the recipe says the model was trained on, its licence and held-out cases."""
+        provenance = next(iter(self.checkpoints.values())).config.get("provenance", {})
+        dataset = provenance.get("dataset") or {}
+        lines = []
+        if dataset.get("name"):
+            lines.append(f"data:   {dataset['name']}")
+        if dataset.get("licence"):
+            lines.append(f"licence: {dataset['licence']}")
+        if self.data.holdout:
+            lines.append(
+                f"held out: {len(self.data.holdout)} cases never trained on "
+                f"({', '.join(self.data.holdout[:3])}, ...)"
+            )
+        return lines
+
+
+def bundled_model_path(name: str) -> Path:
+    """The folder of the bundled model ``name`` (a key of :data:`BUNDLED_MODELS`)."""
+    return Path(str(resources.files("medgen3d") / BUNDLED_MODELS[name]))
 
 
 def demo_model_path() -> Path:
     """The folder of the bundled demo model inside the installed package."""
-    return Path(str(resources.files("medgen3d") / "demo"))
+    return bundled_model_path(DEMO)
+
+
+def bundled_models() -> list[str]:
+    """The names of the bundled models this installation holds stage files of."""
+    return [
+        name
+        for name in BUNDLED_MODELS
+        if any((bundled_model_path(name) / f"{stage}.pt").is_file() for stage in MODEL_STAGES)
+    ]
+
+
+def stage_file(spec: str | Path, stage: str) -> Path:
+    """The checkpoint file of ``stage`` in a model (bundled name or folder), or ``spec``
+    itself when it is a file.
+
+    Raises:
+        InputError: naming the path, when the model has no such stage.
+    """
+    source = str(spec)
+    path = bundled_model_path(source) if source in BUNDLED_MODELS else Path(spec)
+    files = _stage_files(path, source)
+    if None in files:
+        return files[None]
+    if stage not in files:
+        raise InputError(f"has no {stage}.pt (it has: {', '.join(map(str, files))})", path)
+    return files[stage]
 
 
 def load_model(spec: str | Path = DEMO, device: torch.device | str = "cpu") -> GenerativeModel:
-    """Load a model folder, a single stage file, or the bundled demo.
+    """Load a model folder, a single stage file, or a bundled model by name.
 
     Raises:
         InputError: naming the file, for a missing path, a folder with no stage files, an
@@ -108,7 +175,7 @@ def load_model(spec: str | Path = DEMO, device: torch.device | str = "cpu") -> G
             stages trained for different labels or grids.
     """
     source = str(spec)
-    path = demo_model_path() if source == DEMO else Path(spec)
+    path = bundled_model_path(source) if source in BUNDLED_MODELS else Path(spec)
     files = _stage_files(path, source)
     checkpoints: dict[str, Checkpoint] = {}
     for expected, file in files.items():
@@ -145,9 +212,13 @@ def _stage_files(path: Path, source: str) -> dict[str | None, Path]:
     """stage -> file (``None`` as key: a single file whose stage is read from it)."""
     if path.is_file():
         return {None: path}
-    if not path.is_dir():
-        if source == DEMO:
-            raise InputError("the demo model is not bundled with this installation", path)
+    if not path.is_dir() or (source in BUNDLED_MODELS and not any(path.glob("*.pt"))):
+        if source in BUNDLED_MODELS:
+            raise InputError(
+                f"the {source} model is not bundled with this installation (bundled: "
+                f"{', '.join(bundled_models()) or 'none'})",
+                path,
+            )
         raise InputError("no such model file or folder", path)
     files = {
         stage: path / f"{stage}.pt" for stage in MODEL_STAGES if (path / f"{stage}.pt").is_file()

@@ -156,9 +156,18 @@ class StageRecipe:
 
 @dataclass(frozen=True)
 class Recipe:
+    """A whole model's recipe.
+
+    ``description`` and ``dataset`` (``{"name": ..., "licence": ...}``: what the recipe is
+    meant to be trained on, and under which terms its data may be used) are recorded in
+    every checkpoint trained from it, so ``medgen3d info`` can say what a model has seen.
+    """
+
     data: DataSpec
     stages: dict[str, StageRecipe]
     path: Path | None = None
+    description: str = ""
+    dataset: dict[str, str] | None = None
 
     def stage(self, name: str) -> StageRecipe:
         if name not in self.stages:
@@ -180,7 +189,11 @@ def load_recipe(path: str | Path) -> Recipe:
     except json.JSONDecodeError as exc:
         raise InputError(f"invalid JSON at line {exc.lineno}: {exc.msg}", path) from exc
     try:
-        _check_keys(raw, {"data", "masks", "images", "refiner", "description"}, "recipe")
+        _check_keys(raw, {"data", "masks", "images", "refiner", "description", "dataset"}, "recipe")
+        dataset = raw.get("dataset")
+        if dataset is not None:
+            _check_keys(dataset, {"name", "licence"}, "dataset")
+            dataset = {key: str(value) for key, value in dataset.items()}
         data = DataSpec.from_dict(raw["data"], base=path.parent)
         stages = {
             name: StageRecipe(
@@ -194,7 +207,7 @@ def load_recipe(path: str | Path) -> Recipe:
         raise InputError(exc.problem, path) from exc
     except (KeyError, TypeError, ValueError) as exc:
         raise InputError(f"invalid recipe: {exc}", path) from exc
-    return Recipe(data, stages, path)
+    return Recipe(data, stages, path, str(raw.get("description", "")), dataset)
 
 
 def _label_mapping(spec: Any, base: Path | None) -> dict[int, int] | None:

@@ -153,6 +153,40 @@ class TrainingTask(ABC):
     def inference_weights(self) -> dict[str, dict[str, torch.Tensor]]:
         return {name: self.networks[name].inference_weights() for name in self.inference_networks}
 
+    def initialise_from(self, checkpoint: Checkpoint) -> list[str]:
+        """Start the inference networks from ``checkpoint``'s weights (fine-tuning).
+
+        Tensors whose name and shape match are copied; the rest keep their fresh values,
+        so a model trained for another label table still lends every layer that does not
+        depend on the number of labels. The moving average starts from these weights at
+        the first step.
+
+        Returns:
+            The names of the tensors left at their initial values.
+
+        Raises:
+            InputError: naming the file, when it holds another stage or a network shares
+                no tensor with this one.
+        """
+        if checkpoint.stage != self.stage:
+            raise InputError(
+                f"holds the {checkpoint.stage!r} stage; cannot start {self.stage!r} from it",
+                checkpoint.path,
+            )
+        skipped = []
+        for name in self.inference_networks:
+            network = self.networks[name].network
+            own = network.state_dict()
+            given = checkpoint.weights.get(name, {})
+            fitting = {k: v for k, v in given.items() if k in own and v.shape == own[k].shape}
+            if not fitting:
+                raise InputError(
+                    f"its {name} network shares no weights with this one", checkpoint.path
+                )
+            network.load_state_dict(fitting, strict=False)
+            skipped += [f"{name}.{k}" for k in own if k not in fitting]
+        return skipped
+
     def train(self, mode: bool = True) -> None:
         for net in self.networks.values():
             net.network.train(mode)
@@ -186,6 +220,7 @@ def fit(
     overwrite: bool = False,
     provenance: dict[str, Any] | None = None,
     progress: TrainingProgress | None = None,
+    init_from: Checkpoint | None = None,
 ) -> TrainingResult:
     """Train ``task`` for ``settings.max_steps`` steps in all, saving to ``checkpoint_path``.
 
@@ -202,6 +237,8 @@ def fit(
         overwrite: allow replacing an existing checkpoint when not resuming.
         provenance: facts about the run to record (dataset, command line).
         progress: ``progress(step, max_steps, losses)`` after each step, on rank 0.
+        init_from: a checkpoint of the same stage whose weights a fresh run starts from
+            (ignored when resuming: the run's own state wins).
 
     Raises:
         InputError: for a batch that does not divide over the processes, an existing
@@ -220,6 +257,15 @@ def fit(
     elif checkpoint_path.exists() and not overwrite and not resume:
         raise InputError(
             "already exists; pass --resume to continue it or --overwrite", checkpoint_path
+        )
+    elif init_from is not None:
+        skipped = task.initialise_from(init_from)
+        log.info(
+            "%s starts from the weights of %s (%d tensors left fresh%s)",
+            task.stage,
+            init_from.path,
+            len(skipped),
+            f": {', '.join(skipped[:5])}" if skipped else "",
         )
     result = TrainingResult(start, start)
     task.train()

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from medgen3d.checkpoint import load_checkpoint
+from medgen3d.model import stage_file
 from medgen3d.recipe import Recipe, load_recipe
 from medgen3d.runtime import Runtime, distributed_runtime
 from medgen3d.train.bank import CaseBank
@@ -43,6 +45,7 @@ def train_stage(
     device: str = "auto",
     progress: TrainingProgress | None = None,
     runtime: Runtime | None = None,
+    init_from: str | Path | None = None,
 ) -> TrainingResult:
     """Train ``stage`` of ``recipe`` on the pairs under ``data_dir``, saving to ``out``.
 
@@ -58,6 +61,9 @@ def train_stage(
         progress: ``progress(step, total, losses)`` on rank 0.
         runtime: an existing runtime; by default one is opened here (joining the
             ``torchrun`` process group when launched by it).
+        init_from: a model (bundled name or folder) or a stage file whose ``stage`` weights
+            a fresh run starts from: fine-tuning a bundled model on one's own scans, or
+            restarting a lost run from the weights last packed.
     """
     if stage not in STAGE_TASKS:
         raise ValueError(f"unknown stage {stage!r}; expected one of {sorted(STAGE_TASKS)}")
@@ -66,15 +72,18 @@ def train_stage(
     settings = stage_recipe.training
     if max_steps is not None:
         settings = dataclasses.replace(settings, max_steps=max_steps)
+    start = None if init_from is None else load_checkpoint(stage_file(init_from, stage))
     if runtime is None:
         with distributed_runtime(device) as opened:
             return _train(
-                stage, data_dir, recipe, settings, out, opened, resume, overwrite, progress
+                stage, data_dir, recipe, settings, out, opened, resume, overwrite, progress, start
             )
-    return _train(stage, data_dir, recipe, settings, out, runtime, resume, overwrite, progress)
+    return _train(
+        stage, data_dir, recipe, settings, out, runtime, resume, overwrite, progress, start
+    )
 
 
-def _train(stage, data_dir, recipe, settings, out, runtime, resume, overwrite, progress):
+def _train(stage, data_dir, recipe, settings, out, runtime, resume, overwrite, progress, start):
     if runtime.is_main:
         log.info(
             "[config] stage -> %s, device -> %s, processes -> %d",
@@ -101,7 +110,15 @@ def _train(stage, data_dir, recipe, settings, out, runtime, resume, overwrite, p
         "data": str(Path(data_dir).resolve()),
         "cases": len(bank),
         "recipe": None if recipe.path is None else str(recipe.path),
+        "description": recipe.description,
+        "dataset": recipe.dataset,
         "processes": runtime.world_size,
+        "init_from": None
+        if start is None
+        else {
+            "source": str(start.path),
+            "steps": start.config.get("provenance", {}).get("steps"),
+        },
         "label_intensities": bank.label_intensities(
             recipe.data.preprocessing.window, recipe.data.labels.names
         ),
@@ -117,4 +134,5 @@ def _train(stage, data_dir, recipe, settings, out, runtime, resume, overwrite, p
         overwrite=overwrite,
         provenance=provenance,
         progress=progress,
+        init_from=start,
     )
