@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -13,7 +14,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from _stage_data import write_tiny_model
+from _stage_data import TINY_DATA, write_tiny_model
 from medgen3d.cli import main
 from medgen3d.io import Volume, load_volume, save_volume
 
@@ -159,3 +160,38 @@ def test_two_processes_write_exactly_the_samples_of_one(tiny_model: Path, tmp_pa
             a = load_volume(tmp_path / "one" / name, "label").data
             b = load_volume(tmp_path / "two" / name, "label").data
             np.testing.assert_array_equal(a, b)
+
+
+def test_masks_in_the_models_training_convention_are_conformed(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A model whose recipe maps its training data's values (as brain-mri maps raw DLMUSE)
+    takes masks in those values as they are, and writes them in its own table."""
+    parcellation = {0: 0, 1: 1, 59: 4, 60: 4, 95: 8}
+    model = write_tiny_model(
+        tmp_path / "model", dataclasses.replace(TINY_DATA, label_mapping=parcellation)
+    )
+    raw = np.zeros((16, 16, 20), dtype=np.int16)  # x, y, z on the model's own grid
+    raw[2:14, 2:14, 2:18] = 1
+    raw[4:8, 4:8, 8:12] = 59
+    raw[8:12, 8:12, 8:12] = 60
+    raw[2:14, 7:9, 5:15] = 95
+    affine = np.diag([2.0, 2.0, 3.0, 1.0])
+    grouped = np.vectorize(parcellation.get)(raw).astype(np.uint8)
+    for name, values in (("raw", raw), ("grouped", grouped)):
+        (tmp_path / name).mkdir()
+        nib.save(nib.Nifti1Image(values, affine), tmp_path / name / "case.nii.gz")
+        argv = ["generate", "--model", str(model), "--masks", str(tmp_path / name), *FAST]
+        assert main([*argv, "--out", str(tmp_path / f"out_{name}")]) == 0
+    for part in ("label", "image"):
+        from_raw = nib.load(tmp_path / "out_raw" / f"case_{part}.nii.gz").get_fdata()
+        from_grouped = nib.load(tmp_path / "out_grouped" / f"case_{part}.nii.gz").get_fdata()
+        np.testing.assert_array_equal(from_raw, from_grouped)
+    np.testing.assert_array_equal(from_raw.shape, raw.shape)
+
+    raw[0, 0, 0] = 250  # neither a table value nor a mapped one
+    nib.save(nib.Nifti1Image(raw, affine), tmp_path / "raw" / "bad.nii.gz")
+    argv = ["generate", "--model", str(model), "--masks", str(tmp_path / "raw" / "bad.nii.gz")]
+    assert main([*argv, "--out", str(tmp_path / "out_bad"), *FAST]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "bad.nii.gz: label values 250" in errors[0]

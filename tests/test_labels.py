@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from medgen3d.errors import InputError
-from medgen3d.labels import Label, LabelTable, bundled_table
+from medgen3d.labels import Label, LabelTable, bundled_table, read_label_mapping
 
 TABLE_TEXT = """\
 # value  name   colour
@@ -184,3 +184,37 @@ def test_remap_ignores_keys_absent_from_the_volume():
     # Keys that do not occur (negative, or above the largest value) change nothing.
     out = table.remap(labels, {0: 0, 12: 6, -1: 0, 500: 1})
     np.testing.assert_array_equal(out, [0, 6, 6])
+
+
+def test_label_mapping_file_reads_pairs_and_ignores_comments(tmp_path):
+    path = tmp_path / "map.txt"
+    path.write_text("# user -> model\n0 0\n12 3  # left lung\n\n40\t0\n")
+    assert read_label_mapping(path) == {0: 0, 12: 3, 40: 0}
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [("0 0\n5 lung\n", "line 2"), ("0 0\n3 1\n3 2\n", "mapped twice"), ("# nothing\n", "empty")],
+)
+def test_bad_label_mapping_file_is_named_with_the_problem(tmp_path, text, problem):
+    path = tmp_path / "map.txt"
+    path.write_text(text)
+    with pytest.raises(InputError, match=problem) as caught:
+        read_label_mapping(path)
+    assert caught.value.path == path
+
+
+def test_conform_keeps_table_values_and_maps_a_foreign_convention(sparse_table):
+    own = np.array([[0, 2], [7, 300]])
+    assert sparse_table.conform(own, {5: 2}) is own
+    foreign = np.array([[0, 5], [9, 5]])
+    mapped = sparse_table.conform(foreign, {0: 0, 5: 2, 9: 300})
+    np.testing.assert_array_equal(mapped, [[0, 2], [300, 2]])
+
+
+def test_conform_names_the_file_for_values_no_convention_knows(sparse_table):
+    with pytest.raises(InputError, match="no entry in the label mapping") as caught:
+        sparse_table.conform(np.array([0, 5, 6]), {0: 0, 5: 2}, "mask.nii.gz")
+    assert str(caught.value.path) == "mask.nii.gz"
+    with pytest.raises(InputError, match="not in the label table"):
+        sparse_table.conform(np.array([0, 5]), None, "mask.nii.gz")

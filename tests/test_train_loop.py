@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from medgen3d.checkpoint import load_checkpoint
+from medgen3d.checkpoint import Checkpoint, load_checkpoint
 from medgen3d.errors import InputError
 from medgen3d.labels import bundled_table
 from medgen3d.phantom import make_phantom
@@ -145,3 +145,29 @@ def test_label_intensities_are_each_labels_percentiles_in_physical_units(bank: C
     # the phantom's tissues in HU (blurred at 16x16): air, then lung, soft tissue, bone
     assert ranges["background"][1] == pytest.approx(-1000, abs=30)
     assert ranges["right_lung"][1] < -500 < ranges["heart"][1] < ranges["spine"][1]
+
+
+def test_init_from_starts_a_fresh_run_at_the_given_weights(bank: CaseBank, tmp_path: Path) -> None:
+    fit(LabelsToIntensity(SETTINGS), bank, SPEC, SETTINGS, CPU, tmp_path / "trained.pt")
+    trained = load_checkpoint(tmp_path / "trained.pt")
+    short = dataclasses.replace(SETTINGS, max_steps=3)
+    fresh = fit(LabelsToIntensity(short), bank, SPEC, short, CPU, tmp_path / "fresh.pt")
+    task = LabelsToIntensity(short)
+    tuned = fit(task, bank, SPEC, short, CPU, tmp_path / "tuned.pt", init_from=trained)
+    assert tuned.start_step == 0
+    # It starts where the trained run ended, far below a fresh start.
+    assert tuned.losses[0]["l1"] < 0.5 * fresh.losses[0]["l1"]
+
+
+def test_init_from_keeps_fitting_tensors_and_refuses_another_stage(bank: CaseBank) -> None:
+    task = LabelsToIntensity(SETTINGS)
+    other = LabelsToIntensity(dataclasses.replace(SETTINGS, seed=1)).inference_weights()
+    other["net"]["weight"] = torch.zeros(1, len(TABLE) + 2, 1, 1)  # another label table
+    skipped = task.initialise_from(Checkpoint("images", {}, other))
+    assert skipped == ["net.weight"]
+    torch.testing.assert_close(task.networks["net"].network.bias, other["net"]["bias"])
+    with pytest.raises(InputError, match="holds the 'masks' stage"):
+        task.initialise_from(Checkpoint("masks", {}, other))
+    other["net"] = {"unrelated": torch.zeros(1)}
+    with pytest.raises(InputError, match="shares no weights"):
+        task.initialise_from(Checkpoint("images", {}, other))

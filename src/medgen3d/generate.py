@@ -33,6 +33,7 @@ from medgen3d.sampling import sample_mask_volume
 __all__ = [
     "GeneratedPair",
     "GenerationSettings",
+    "conform_labels",
     "generate_masks",
     "generate_pair",
     "generate_samples",
@@ -133,7 +134,7 @@ def generate_masks(
         known_labels, known = None, None
     else:
         _check_in_plane(seeds, model.data)
-        grid = seeds
+        grid = seeds = conform_labels(model, seeds, "the seed mask")
         known_labels = table.to_channels(seeds.data, "the seed mask")
         known = known_labels.reshape(len(known_labels), -1).any(axis=1)
     work = sample_mask_volume(
@@ -175,16 +176,28 @@ def image_from_masks(
     source: str | Path | None = None,
 ) -> ProgressGenerator[Volume]:
     """An image for a label volume in any geometry, on exactly that volume's grid; the
-    refiner runs when the model has one and ``refine_strength > 0``."""
+    refiner runs when the model has one and ``refine_strength > 0``.
+
+    The labels may be in the model's table or in its training data's convention (the
+    recipe's ``label_mapping``, e.g. a raw DLMUSE parcellation for ``brain-mri``); errors
+    name ``source``.
+    """
     return (
         yield from image_from_mask(
-            label,
+            conform_labels(model, label, source),
             model.stage("images"),
             model.stages.get("refiner"),
             seed=settings.seed,
             refine=_refine_settings(settings),
+            source=source,
         )
     )
+
+
+def conform_labels(model: GenerativeModel, label: Volume, source: str | Path | None) -> Volume:
+    """``label`` in the model's table values (see :meth:`LabelTable.conform`)."""
+    data = model.data
+    return label.with_data(data.labels.conform(label.data, data.label_mapping, source))
 
 
 def refine_image(
@@ -403,8 +416,9 @@ def images_for_mask_files(
     overwrite: bool = False,
 ) -> Iterator[tuple[int, ProgressGenerator[list[Path]]]]:
     """Like :func:`generate_samples` for "image from your own mask": pair ``i`` is
-    ``NAME_image.nii.gz`` (on the mask's grid), a copy of the mask as ``NAME_label.nii.gz``
-    and ``NAME.json``, where ``NAME`` is the mask file's name without its suffix."""
+    ``NAME_image.nii.gz`` (on the mask's grid), the mask in the model's label values as
+    ``NAME_label.nii.gz`` and ``NAME.json``, where ``NAME`` is the mask file's name without
+    its suffix."""
     indices = list(range(len(masks)) if indices is None else indices)
     names = [Path(m).name.removesuffix(".gz").removesuffix(".nii") for m in masks]
     for i in indices:
@@ -413,7 +427,7 @@ def images_for_mask_files(
                 raise OutputExistsError(target)
 
     def one(i: int) -> ProgressGenerator[list[Path]]:
-        label = load_volume(masks[i], "label")
+        label = conform_labels(model, load_volume(masks[i], "label"), masks[i])
         seeded = settings.with_seed(sample_seed(settings.seed, i))
         image = yield from image_from_masks(model, label, seeded, source=masks[i])
         return write_pair(

@@ -129,6 +129,28 @@ class LabelTable:
                 source,
             )
 
+    def conform(
+        self,
+        labels: np.ndarray,
+        mapping: Mapping[int, int] | None,
+        source: str | Path | None = None,
+    ) -> np.ndarray:
+        """``labels`` in this table's values, whichever of two conventions they come in.
+
+        A label volume whose values are all in the table is taken as it is (a mask the
+        model generated, or one painted in napari). Otherwise, when the model has a
+        ``mapping`` (its training data's convention, such as raw DLMUSE values for the brain
+        model), the volume is translated with it.
+
+        Raises:
+            InputError: naming ``source``, for values neither convention knows.
+        """
+        present = set(np.unique(labels).tolist())
+        if present <= set(self.values) or mapping is None:
+            self.check_values(labels, source)
+            return labels
+        return self.remap(labels, mapping, source)
+
     def remap(
         self,
         labels: np.ndarray,
