@@ -18,12 +18,12 @@ from __future__ import annotations
 import hashlib
 import importlib
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from medgen3d.bundled import BUNDLED_MODELS, DEMO, bundled_model_path, bundled_models
 from medgen3d.checkpoint import MODEL_STAGES, Checkpoint, load_checkpoint, save_checkpoint
 from medgen3d.errors import InputError
 from medgen3d.recipe import DataSpec
@@ -40,9 +40,7 @@ __all__ = [
     "stage_file",
 ]
 
-DEMO = "demo"
-# model name -> its folder inside the installed package
-BUNDLED_MODELS = {DEMO: "demo", "brain-mri": "brain_mri", "headneck-ct": "headneck_ct"}
+
 # stage -> (module, class) whose ``from_checkpoint(checkpoint, device)`` builds it
 STAGE_MODELS = {
     "masks": ("medgen3d.models.mask_diffusion", "MaskDiffusionModel"),
@@ -130,23 +128,9 @@ class GenerativeModel:
         return lines
 
 
-def bundled_model_path(name: str) -> Path:
-    """The folder of the bundled model ``name`` (a key of :data:`BUNDLED_MODELS`)."""
-    return Path(str(resources.files("medgen3d") / BUNDLED_MODELS[name]))
-
-
 def demo_model_path() -> Path:
     """The folder of the bundled demo model inside the installed package."""
     return bundled_model_path(DEMO)
-
-
-def bundled_models() -> list[str]:
-    """The names of the bundled models this installation holds stage files of."""
-    return [
-        name
-        for name in BUNDLED_MODELS
-        if any((bundled_model_path(name) / f"{stage}.pt").is_file() for stage in MODEL_STAGES)
-    ]
 
 
 def stage_file(spec: str | Path, stage: str) -> Path:

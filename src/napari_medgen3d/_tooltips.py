@@ -1,8 +1,10 @@
 """Every label and tooltip of the MedGen3D widget, in one table."""
 
 TOOLTIPS = {
-    "model": "A model checkpoint (.pt). Picking masks.pt, images.pt or refiner.pt loads the "
-    "whole model folder it sits in. Leave empty for the bundled demo model.",
+    "model": "A model bundled with the plugin (demo: thoracic phantom; brain-mri: T1 brain "
+    "MRI; headneck-ct: head-and-neck CT), or 'Other file…' to use the file below.",
+    "model_file": "A model checkpoint (.pt). Picking masks.pt, images.pt or refiner.pt loads "
+    "the whole model folder it sits in.",
     "device": "Where generation runs. auto prefers a CUDA GPU, then Apple MPS, then the CPU.",
     "load": "Load the model and show what it holds.",
     "seed": "Random seed. The same seed, settings and device give the same result.",

@@ -33,6 +33,8 @@ from napari.qt.threading import create_worker
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
 
+from medgen3d.bundled import bundled_models
+from medgen3d.errors import InputError
 from napari_medgen3d._layers import (
     GEOMETRY_KEY,
     labels_style,
@@ -52,6 +54,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PREVIEW_LAYER = "MedGen3D preview"
+OTHER_FILE = "Other file…"
 STAGE_FILES = ("masks.pt", "images.pt", "refiner.pt")
 
 
@@ -67,12 +70,13 @@ class MedGen3DWidget(Container):
         self._bar: progress | None = None
         self._pending: Callable[[], None] | None = None
 
-        self._model_file = FileEdit(mode="r", filter="*.pt", label="Model", value="")
+        self._model_name = ComboBox(choices=(*bundled_models(), OTHER_FILE), label="Model")
+        self._model_file = FileEdit(mode="r", filter="*.pt", label="Model file", value="")
         self._device = ComboBox(
             choices=("auto", "cpu", "cuda", "mps"), value="auto", label="Device"
         )
         self._load = PushButton(text="Load model")
-        self._info = Label(value="Model: bundled demo (not loaded yet)")
+        self._info = Label(value="Model: not loaded yet")
         self._seed = SpinBox(value=0, min=0, max=2**31 - 1, label="Seed")
         self._depth = SpinBox(value=64, min=1, max=4096, label="Depth (slices)")
         self._samples = SpinBox(value=1, min=1, max=64, label="Samples")
@@ -100,7 +104,8 @@ class MedGen3DWidget(Container):
         self._check_result = Label(value="")
 
         controls = {
-            "model": self._model_file,
+            "model": self._model_name,
+            "model_file": self._model_file,
             "device": self._device,
             "load": self._load,
             "seed": self._seed,
@@ -130,6 +135,8 @@ class MedGen3DWidget(Container):
             widget.tooltip = TOOLTIPS[key]
         self.extend([self._info, *controls.values(), self._check_result])
 
+        # Choosing a file means "use this file": the name list follows.
+        self._model_file.changed.connect(lambda: setattr(self._model_name, "value", OTHER_FILE))
         self._load.changed.connect(lambda: self._with_model(lambda: None, force=True))
         self._generate_pair.changed.connect(self.generate_pair)
         self._generate_masks.changed.connect(self.generate_masks)
@@ -282,7 +289,11 @@ class MedGen3DWidget(Container):
     # ---- model loading ------------------------------------------------------------------
     def _with_model(self, then: Callable[[], None], force: bool = False) -> None:
         """Run ``then`` once the chosen model is loaded (loading it in a worker if needed)."""
-        key = (self._model_spec(), str(self._device.value))
+        try:
+            key = (self._model_spec(), str(self._device.value))
+        except InputError as exc:
+            show_error(str(exc))
+            return
         if self._model is not None and self._model_key == key and not force:
             then()
             return
@@ -302,9 +313,11 @@ class MedGen3DWidget(Container):
         self._start(load, on_result=loaded, needs_model=False)
 
     def _model_spec(self) -> str:
+        if self._model_name.value != OTHER_FILE:
+            return str(self._model_name.value)
         value = str(self._model_file.value or "")
         if value in ("", "."):
-            return "demo"
+            raise InputError("choose a model file, or one of the bundled models")
         path = Path(value)
         return str(path.parent) if path.name in STAGE_FILES else value
 

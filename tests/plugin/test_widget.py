@@ -135,3 +135,17 @@ def test_previews_appear_where_the_result_will(widget) -> None:
     preview = viewer.layers["MedGen3D preview (masks)"]
     np.testing.assert_allclose(preview.scale, (3.0, 2.0, 2.0))
     np.testing.assert_allclose(preview.translate, affine[[2, 1, 0], 3])
+
+
+def test_model_list_offers_the_bundled_models_and_follows_a_chosen_file(
+    make_napari_viewer, tiny_model: Path
+) -> None:
+    from medgen3d.bundled import bundled_models
+    from napari_medgen3d._widget import OTHER_FILE, MedGen3DWidget
+
+    w = MedGen3DWidget(make_napari_viewer())
+    assert list(w._model_name.choices) == [*bundled_models(), OTHER_FILE]
+    assert w._model_name.value == "demo" and w._model_spec() == "demo"
+    w._model_file.value = tiny_model / "images.pt"
+    assert w._model_name.value == OTHER_FILE
+    assert w._model_spec() == str(tiny_model)
