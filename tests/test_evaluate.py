@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -115,6 +116,7 @@ def test_tiny_evaluation_with_downstream_writes_a_complete_report(
         "real": 6,
         "real_segmenter_training": 4,
         "real_held_out": 2,
+        "real_reference": 6,
         "synthetic": 4,
     }
 
@@ -230,3 +232,62 @@ def test_evaluate_command_writes_the_report_and_refuses_to_overwrite_it(
     assert "medgen3d evaluate" in report and "the alignment segmenter was given" in report
     assert main(command) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_model_holdout_scores_on_those_cases_and_is_the_reference(
+    real: Path, segmenter, tmp_path: Path
+) -> None:
+    names = CaseBank.from_folder(real, DATA).names
+    held = (names[1], names[4])
+    settings = dataclasses.replace(QUICK, held_out_names=held)
+    result = drain(evaluate(real, real, DATA, settings, segmenter=segmenter))
+    cases = result.metrics["cases"]
+    assert (cases["real_held_out"], cases["real_segmenter_training"]) == (2, 4)
+    assert result.real.names == held  # fidelity, diversity and anatomy compare with these
+    with pytest.raises(InputError, match="none of the model's held-out cases"):
+        drain(evaluate(real, real, DATA, dataclasses.replace(QUICK, held_out_names=("x",))))
+
+
+@pytest.mark.parametrize(("scale", "expect_r"), [(1.0, 1.0), (-1.0, -1.0)])
+def test_images_from_real_masks_compare_tissue_by_tissue(
+    real: Path, segmenter, tmp_path: Path, monkeypatch, scale: float, expect_r: float
+) -> None:
+    """A stand-in generator that returns the real image (or its negative) gives r = 1
+    (or -1), and the segmenter scores the real image's copy exactly as the real one."""
+    from medgen3d.evaluation import from_masks
+    from medgen3d.model import load_model
+
+    bank = CaseBank.from_folder(real, DATA)
+    pairs = zip(bank.images, bank.labels, strict=True)
+    by_labels = {labels.tobytes(): image for image, labels in pairs}
+
+    def stand_in(generator, refiner, labels, **kwargs):
+        yield from ()
+        return scale * by_labels[labels.tobytes()]
+
+    monkeypatch.setattr(from_masks, "image_from_labels", stand_in)
+    model = load_model(write_tiny_model(tmp_path / "model", DATA))
+    found = drain(from_masks.images_from_real_masks(model, bank, [2, 5], segmenter))
+    assert found["cases"] == 2
+    assert found["pearson_r"] == pytest.approx(expect_r, abs=1e-6)
+    if scale == 1.0:
+        assert found["dice"]["generated"] == found["dice"]["real"]
+        np.testing.assert_allclose(
+            found["mean_intensity"]["generated"], found["mean_intensity"]["real"]
+        )
+
+
+def test_evaluate_runs_images_from_real_masks_with_the_model(
+    real: Path, segmenter, tmp_path: Path
+) -> None:
+    from medgen3d.model import load_model
+
+    model = load_model(write_tiny_model(tmp_path / "model", DATA))
+    settings = dataclasses.replace(QUICK, from_masks=1)
+    result = drain(evaluate(real, real, DATA, settings, segmenter=segmenter, model=model))
+    found = result.metrics["images_from_real_masks"]
+    assert found["cases"] == 1 and len(found["mean_intensity"]["generated"]) == len(NAMES) - 1
+    write_report(result, tmp_path / "report")
+    assert "## Images from real masks" in (tmp_path / "report" / "report.md").read_text()
+    with pytest.raises(InputError, match="need the model"):
+        drain(evaluate(real, real, DATA, settings, segmenter=segmenter))

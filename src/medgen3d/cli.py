@@ -307,6 +307,20 @@ def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--held-out", type=float, default=0.25, help="fraction of real cases held out")
     p.add_argument("--downstream-real", type=int, default=2, help="real cases, downstream arms")
     p.add_argument("--no-downstream", action="store_true", help="skip the downstream experiment")
+    p.add_argument(
+        "--model-holdout",
+        action="store_true",
+        help="score on the model's own held-out cases (its recipe's list, never trained on) "
+        "and train segmenters on the other real cases, instead of a random split",
+    )
+    p.add_argument(
+        "--from-masks",
+        type=int,
+        default=0,
+        metavar="N",
+        help="turn N held-out real masks into images with the model and compare them with "
+        "the real images (default: %(default)s, skipped)",
+    )
     p.add_argument("--seed", type=int, default=0, help="split and training seed")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     p.add_argument("--overwrite", action="store_true", help="replace an earlier report in --out")
@@ -325,19 +339,32 @@ def _run_evaluate(args: argparse.Namespace) -> None:
 
     check_report_folder(args.out, args.overwrite)  # before the work, not after it
     device = resolve_device(args.device)
-    data = load_model(args.model).data
+    model = load_model(args.model, device)
+    data = model.data
+    if args.model_holdout and not data.holdout:
+        raise InputError(f"model {args.model} lists no held-out cases; drop --model-holdout")
     settings = EvaluationSettings(
         segmenter=SegmenterSettings(steps=args.steps),
         held_out=args.held_out,
         downstream=not args.no_downstream,
         downstream_real=args.downstream_real,
         seed=args.seed,
+        held_out_names=data.holdout if args.model_holdout else (),
+        from_masks=args.from_masks,
     )
     segmenter = Segmenter.load(args.segmenter, device) if args.segmenter else None
     show, close = stage_progress()
     try:
         evaluation = drain(
-            evaluate(args.real, args.synthetic, data, settings, segmenter=segmenter, device=device),
+            evaluate(
+                args.real,
+                args.synthetic,
+                data,
+                settings,
+                segmenter=segmenter,
+                model=model,
+                device=device,
+            ),
             show,
         )
     finally:

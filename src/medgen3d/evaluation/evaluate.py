@@ -2,11 +2,13 @@
 
 Both sets are loaded onto the model's grid and window (the scale the model works in), real
 labels through the model's label mapping, synthetic ones as written by ``medgen3d
-generate``. The real set is split once, with the seed, into cases that train the segmenter
-and held-out cases that score it. Then:
+generate``. The real set is split once, with the seed or by the model's own held-out cases,
+into cases that train the segmenter and held-out cases that score it. Then:
 
 * **alignment**: the segmenter (trained here, or the user's) on synthetic images, Dice
   against the synthetic masks, beside its Dice on the held-out real cases;
+* **images from real masks** (optional): the model's images for held-out real masks,
+  tissue by tissue against the real images (:mod:`medgen3d.evaluation.from_masks`);
 * **fidelity**: FID and kernel distance on the segmenter's 2.5D encoder features, real vs
   synthetic, with real vs real (two halves of the real set) as the floor;
 * **diversity**: mean pairwise MS-SSIM within each set;
@@ -30,6 +32,7 @@ import torch
 
 from medgen3d.errors import InputError
 from medgen3d.evaluation.anatomy import compare_anatomy, implausible, mask_anatomy
+from medgen3d.evaluation.from_masks import images_from_real_masks
 from medgen3d.evaluation.metrics import (
     frechet_distance,
     kernel_distance,
@@ -42,6 +45,7 @@ from medgen3d.evaluation.segmenter import (
     dice_per_label,
     train_segmenter,
 )
+from medgen3d.model import GenerativeModel
 from medgen3d.progress import Progress, ProgressGenerator, map_reports
 from medgen3d.recipe import DataSpec
 from medgen3d.train.bank import CaseBank
@@ -52,6 +56,7 @@ __all__ = [
     "Evaluation",
     "EvaluationSettings",
     "evaluate",
+    "split_by_names",
     "split_real",
 ]
 
@@ -71,6 +76,11 @@ class EvaluationSettings:
         downstream: run the downstream experiment (three more segmenter trainings).
         downstream_real: real cases in the small real-only training set.
         seed: the real-set split and every segmenter's training.
+        held_out_names: when given (a model's held-out cases), these real cases score the
+            segmenters and are the reference of fidelity, diversity and anatomy; the other
+            real cases train the segmenters. Otherwise the split is random (``held_out``).
+        from_masks: how many held-out real masks the model turns into images to compare
+            with their real images (:mod:`medgen3d.evaluation.from_masks`); 0 skips it.
     """
 
     segmenter: SegmenterSettings = field(default_factory=SegmenterSettings)
@@ -78,6 +88,8 @@ class EvaluationSettings:
     downstream: bool = True
     downstream_real: int = 2
     seed: int = 0
+    held_out_names: tuple[str, ...] = ()
+    from_masks: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "segmenter": self.segmenter.to_dict()}
@@ -129,6 +141,7 @@ def evaluate(
     settings: EvaluationSettings | None = None,
     *,
     segmenter: Segmenter | None = None,
+    model: GenerativeModel | None = None,
     device: str | torch.device = "cpu",
 ) -> ProgressGenerator[Evaluation]:
     """Compare a synthetic set of pairs with a real one.
@@ -140,6 +153,8 @@ def evaluate(
         settings: see :class:`EvaluationSettings`.
         segmenter: a trained segmenter to use for alignment and features instead of
             training one on the real set.
+        model: the model that generated the synthetic set; needed (with an images stage)
+            for ``settings.from_masks``.
         device: where segmenters train and run.
 
     Yields:
@@ -154,7 +169,12 @@ def evaluate(
     num_classes = len(names)
     real = CaseBank.from_folder(real_dir, data)
     synthetic = CaseBank.from_folder(synthetic_dir, dataclasses.replace(data, label_mapping=None))
-    train_ids, held_ids = split_real(len(real), settings.held_out, settings.seed)
+    if settings.held_out_names:
+        train_ids, held_ids = split_by_names(real.names, settings.held_out_names, real_dir)
+        reference = real.subset(held_ids)  # what the generator never saw
+    else:
+        train_ids, held_ids = split_real(len(real), settings.held_out, settings.seed)
+        reference = real
     segmenter_source = "given" if segmenter is not None else "trained on the real set"
     if segmenter is None:
         segmenter = yield from _train(real, train_ids, num_classes, settings, device, "alignment")
@@ -171,45 +191,23 @@ def evaluate(
         segmenter.real_dice = tuple(_plain(alignment["real_held_out"]["per_label"]))
     yield Progress("alignment", 1, 1)
 
-    features = {
-        name: [segmenter.features(image) for image in bank.images]
-        for name, bank in (("real", real), ("synthetic", synthetic))
-    }
-    real_features, synthetic_features = (
-        torch.cat(features["real"]),
-        torch.cat(features["synthetic"]),
-    )
-    fidelity = {
-        "fid": frechet_distance(real_features, synthetic_features),
-        "kid": _kid(real_features, synthetic_features, settings.seed),
-        "fid_real_vs_real": None,
-        "kid_real_vs_real": None,
-    }
-    if len(real) >= 4:  # the floor: two disjoint halves of the real set
-        first, second = (
-            torch.cat([features["real"][i] for i in half])
-            for half in split_halves(len(real), settings.seed)
+    from_masks = None
+    if settings.from_masks:
+        if model is None:
+            raise InputError("images from real masks need the model (--model)")
+        work = images_from_real_masks(
+            model, real, held_ids[: settings.from_masks], segmenter, settings.seed
         )
-        fidelity["fid_real_vs_real"] = frechet_distance(first, second)
-        fidelity["kid_real_vs_real"] = _kid(first, second, settings.seed)
-    yield Progress("fidelity", 1, 1)
+        from_masks = yield from work
 
+    fidelity = _fidelity(segmenter, reference, synthetic, settings.seed)
+    yield Progress("fidelity", 1, 1)
     diversity = {
         "ms_ssim_synthetic": _diversity(synthetic.images),
-        "ms_ssim_real": _diversity(real.images),
+        "ms_ssim_real": _diversity(reference.images),
     }
     yield Progress("diversity", 1, 1)
-
-    spacing = data.preprocessing.spacing or (1.0, 1.0, 1.0)
-    anatomy = {
-        name: [mask_anatomy(labels, num_classes, spacing) for labels in bank.labels]
-        for name, bank in (("real", real), ("synthetic", synthetic))
-    }
-    flagged = {
-        case: reasons
-        for case, sample in zip(synthetic.names, anatomy["synthetic"], strict=True)
-        if (reasons := implausible(sample, anatomy["real"], names[1:]))
-    }
+    anatomy, flagged = _anatomy(reference, synthetic, data)
     yield Progress("anatomy", 1, 1)
 
     downstream = None
@@ -223,12 +221,14 @@ def evaluate(
             "real": len(real),
             "real_segmenter_training": len(train_ids),
             "real_held_out": len(held_ids),
+            "real_reference": len(reference),
             "synthetic": len(synthetic),
         },
         "labels": list(names[1:]),
         "segmenter": segmenter_source,
         "settings": settings.to_dict(),
         "alignment_dice": alignment,
+        "images_from_real_masks": from_masks,
         "fidelity": fidelity,
         "diversity": diversity,
         "anatomy": compare_anatomy(anatomy["real"], anatomy["synthetic"], names[1:]),
@@ -236,7 +236,67 @@ def evaluate(
         "downstream_dice": downstream,
     }
     volumes = {k: np.stack([a.volume_ml for a in v]) for k, v in anatomy.items()}
-    return Evaluation(_plain(metrics), data, real, synthetic, segmenter, volumes)
+    return Evaluation(_plain(metrics), data, reference, synthetic, segmenter, volumes)
+
+
+def split_by_names(
+    names: Sequence[str], held_out: Sequence[str], source: str | Path
+) -> tuple[list[int], list[int]]:
+    """``(training, held-out)`` indices of a real set split by a model's held-out names.
+
+    Raises:
+        InputError: naming ``source``, when none of the held-out cases is in it.
+    """
+    held = set(held_out)
+    held_ids = [i for i, name in enumerate(names) if name in held]
+    if not held_ids:
+        raise InputError("holds none of the model's held-out cases", source)
+    return [i for i in range(len(names)) if names[i] not in held], held_ids
+
+
+def _fidelity(
+    segmenter: Segmenter, real: CaseBank, synthetic: CaseBank, seed: int
+) -> dict[str, float | None]:
+    """FID and KID on the segmenter's 2.5D features; real vs real halves as the floor."""
+    features = {
+        name: [segmenter.features(image) for image in bank.images]
+        for name, bank in (("real", real), ("synthetic", synthetic))
+    }
+    real_features, synthetic_features = (
+        torch.cat(features["real"]),
+        torch.cat(features["synthetic"]),
+    )
+    fidelity = {
+        "fid": frechet_distance(real_features, synthetic_features),
+        "kid": _kid(real_features, synthetic_features, seed),
+        "fid_real_vs_real": None,
+        "kid_real_vs_real": None,
+    }
+    if len(real) >= 4:  # the floor: two disjoint halves of the real set
+        first, second = (
+            torch.cat([features["real"][i] for i in half]) for half in split_halves(len(real), seed)
+        )
+        fidelity["fid_real_vs_real"] = frechet_distance(first, second)
+        fidelity["kid_real_vs_real"] = _kid(first, second, seed)
+    return fidelity
+
+
+def _anatomy(
+    real: CaseBank, synthetic: CaseBank, data: DataSpec
+) -> tuple[dict[str, list], dict[str, list[str]]]:
+    """Each mask's anatomy, and the synthetic masks implausible next to the real ones."""
+    names, num_classes = data.labels.names, len(data.labels)
+    spacing = data.preprocessing.spacing or (1.0, 1.0, 1.0)
+    anatomy = {
+        name: [mask_anatomy(labels, num_classes, spacing) for labels in bank.labels]
+        for name, bank in (("real", real), ("synthetic", synthetic))
+    }
+    flagged = {
+        case: reasons
+        for case, sample in zip(synthetic.names, anatomy["synthetic"], strict=True)
+        if (reasons := implausible(sample, anatomy["real"], names[1:]))
+    }
+    return anatomy, flagged
 
 
 def _train(

@@ -113,6 +113,11 @@ def _markdown(metrics: dict[str, Any], command: str | None, figures: Sequence[st
             f"{cases['real_segmenter_training']} train the segmenter, "
             f"{cases['real_held_out']} held out to score it"
         )
+    if metrics["settings"].get("held_out_names"):
+        split += (
+            "; the held-out cases are the model's own, never trained on, and are the real "
+            "reference of fidelity, diversity and anatomy"
+        )
     lines += [
         f"Real cases: {cases['real']} ({split}); synthetic cases: {cases['synthetic']}. "
         f"Segmenters: MONAI SegResNet (2D, axial slices), {seg['steps']} steps, batch "
@@ -146,6 +151,8 @@ def _markdown(metrics: dict[str, Any], command: str | None, figures: Sequence[st
         "![alignment](figures/alignment.png)",
         "",
     ]
+
+    lines += _from_masks_section(metrics)
 
     fid = metrics["fidelity"]
     lines += [
@@ -225,6 +232,40 @@ def _markdown(metrics: dict[str, Any], command: str | None, figures: Sequence[st
             "",
         ]
     return "\n".join(lines)
+
+
+def _from_masks_section(metrics: dict[str, Any]) -> list[str]:
+    """The "images from real masks" section, when the evaluation ran it."""
+    found = metrics.get("images_from_real_masks")
+    if not found:
+        return []
+    means, dice = found["mean_intensity"], found["dice"]
+    rows = zip(
+        metrics["labels"],
+        means["real"],
+        means["generated"],
+        dice["real"]["per_label"],
+        dice["generated"]["per_label"],
+        strict=True,
+    )
+    return [
+        "## Images from real masks",
+        "",
+        f"The model's images for {found['cases']} held-out real masks, beside the real "
+        "images of those masks: each label's mean intensity (physical units, averaged over "
+        "cases) and the segmenter's Dice against the real mask. Pearson r of the mean "
+        f"intensities over labels: **{_num(found['pearson_r'])}**.",
+        "",
+        "| label | mean, real | mean, generated | Dice, real image | Dice, generated image |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {name} | {_num(rm, 1)} | {_num(gm, 1)} | {_num(rd)} | {_num(gd)} |"
+            for name, rm, gm, rd, gd in rows
+        ),
+        f"| **mean** | | | **{_num(dice['real']['mean'])}** | "
+        f"**{_num(dice['generated']['mean'])}** |",
+        "",
+    ]
 
 
 def _num(value: float | None, digits: int = 3) -> str:

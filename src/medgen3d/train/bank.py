@@ -85,6 +85,15 @@ class CaseBank:
     def __len__(self) -> int:
         return len(self.images)
 
+    def subset(self, ids: Sequence[int]) -> CaseBank:
+        """The cases ``ids``, in that order."""
+        return CaseBank(
+            tuple(self.images[i] for i in ids),
+            tuple(self.labels[i] for i in ids),
+            self.num_classes,
+            tuple(self.names[i] for i in ids),
+        )
+
     def label_intensities(
         self, window: IntensityWindow, names: Sequence[str]
     ) -> dict[str, list[float]]:
