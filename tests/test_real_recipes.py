@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from medgen3d.datasets import discover_pairs
+from medgen3d.datasets import discover_pairs, load_case
 from medgen3d.errors import InputError
 from medgen3d.models.mask_diffusion import check_config
 from medgen3d.recipe import load_recipe
@@ -18,7 +18,7 @@ from medgen3d.recipe import load_recipe
 RECIPES = Path(__file__).resolve().parents[1] / "resources" / "recipes"
 # recipe -> (dataset folder in ../shared/data, number of labels in its table)
 REAL = {
-    "brain_mri_ixi.json": ("mri_brain_ixi", 24),
+    "brain_mri_ixi.json": ("mri_brain_ixi", 25),
     "ct_headneck_openkbp.json": ("ct_headneck_openkbp", 10),
 }
 
@@ -53,7 +53,9 @@ def test_every_dlmuse_region_maps_into_the_brain_table(shared_data):
         regions = {int(row["Index"]) for row in csv.DictReader(handle)}
     # 0, 1 (cortical CSF) and the unnamed 46 and 69 are present in every case too.
     assert regions | {0, 1, 46, 69} == set(mapping)
-    assert set(mapping.values()) == set(table.values)  # every structure has a source
+    # Every structure has a source region, except the head, which is derived from the image.
+    head = recipe.data.foreground_fill.value
+    assert set(mapping.values()) == set(table.values) - {head}
 
 
 def test_a_raw_dlmuse_parcellation_conforms_to_the_brain_table(shared_data):
@@ -62,7 +64,7 @@ def test_a_raw_dlmuse_parcellation_conforms_to_the_brain_table(shared_data):
     case = discover_pairs(shared_data / "mri_brain_ixi")[0]
     raw = np.asarray(nib.load(case.label).dataobj)
     grouped = table.conform(raw, mapping, case.label)
-    assert set(np.unique(grouped).tolist()) == set(table.values)
+    assert set(np.unique(grouped).tolist()) == set(table.values) - {table.value_of("head")}
     # Each grouped structure is exactly the union of its source regions.
     thalamus_right = table.value_of("thalamus_right")
     np.testing.assert_array_equal(grouped == thalamus_right, raw == 59)
@@ -83,3 +85,19 @@ def test_brain_table_right_structures_lie_right_of_the_midline(shared_data):
         right_x = x[grouped == table.value_of(f"{structure}_right")]
         left_x = x[grouped == table.value_of(f"{structure}_left")]
         assert right_x.mean() > left_x.mean()
+
+
+def test_training_cases_of_the_brain_recipe_label_the_head_around_the_brain(shared_data):
+    recipe = load_recipe(RECIPES / "brain_mri_ixi.json")
+    data = recipe.data
+    case = discover_pairs(shared_data / "mri_brain_ixi")[0]
+    image, label = load_case(
+        case, data.labels, data.preprocessing, data.label_mapping, data.foreground_fill
+    )
+    assert label.shape == image.shape == (120, 120, 96)
+    head = label.data == data.labels.value_of("head")
+    brain = (label.data > 0) & ~head
+    # The head wraps the brain: a large, brighter-than-air region on every brain slice.
+    assert 0.1 < head.mean() < 0.4
+    assert image.data[head].mean() > image.data[label.data == 0].mean() + 0.3
+    assert all(head[z].any() for z in np.flatnonzero(brain.any(axis=(1, 2))))

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medgen3d.errors import InputError
+from medgen3d.foreground import ForegroundFill
 from medgen3d.io import NIFTI_SUFFIXES, Volume, load_pair
 from medgen3d.labels import LabelTable
 from medgen3d.preprocessing import Preprocessing, preprocess_pair
@@ -94,6 +95,7 @@ def load_case(
     table: LabelTable,
     preprocessing: Preprocessing,
     label_mapping: Mapping[int, int] | None = None,
+    fill: ForegroundFill | None = None,
 ) -> tuple[Volume, Volume]:
     """Load a pair, translate its labels onto ``table`` and bring it onto the model grid.
 
@@ -103,6 +105,8 @@ def load_case(
         preprocessing: target spacing, in-plane size and intensity window.
         label_mapping: dataset value -> table value; ``None`` when the dataset already uses
             the table's values.
+        fill: derives a label for the unlabelled subject (e.g. the head around a brain
+            parcellation) on the model grid.
 
     Returns:
         ``(image in [-1, 1], label with table values)``, sharing one affine.
@@ -117,6 +121,8 @@ def load_case(
     else:
         label = label.with_data(table.remap(label.data, label_mapping, case.label))
     image, label = preprocess_pair(image, label, preprocessing)
+    if fill is not None:
+        label = label.with_data(fill.apply(image.data, label.data))
     return image, label
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from medgen3d.errors import InputError
+from medgen3d.foreground import ForegroundFill
 from medgen3d.labels import LabelTable, bundled_table, read_label_mapping
 from medgen3d.preprocessing import IntensityWindow, Preprocessing
 
@@ -44,7 +45,8 @@ class DataSpec:
 
     ``holdout`` names the cases of the recipe's dataset that training never reads: they are
     kept for evaluation, and a model carries the list so its report can say which scans it
-    has never seen.
+    has never seen. ``foreground_fill`` (recipe key ``"unlabelled_foreground"``) derives a
+    label for the subject the dataset's masks leave unlabelled (:mod:`medgen3d.foreground`).
     """
 
     labels: LabelTable
@@ -53,8 +55,16 @@ class DataSpec:
     overlap: int = 4
     label_mapping: dict[int, int] | None = None
     holdout: tuple[str, ...] = ()
+    foreground_fill: ForegroundFill | None = None
 
     def __post_init__(self) -> None:
+        if (
+            self.foreground_fill is not None
+            and self.foreground_fill.value not in self.labels.values
+        ):
+            raise ValueError(
+                f"unlabelled_foreground value {self.foreground_fill.value} is not in the table"
+            )
         if not 0 <= self.overlap < self.sequence_length:
             raise ValueError(
                 f"overlap ({self.overlap}) must be in [0, sequence_length={self.sequence_length})"
@@ -72,6 +82,9 @@ class DataSpec:
             "sequence_length": self.sequence_length,
             "overlap": self.overlap,
             "holdout": list(self.holdout),
+            "unlabelled_foreground": None
+            if self.foreground_fill is None
+            else self.foreground_fill.to_dict(),
         }
 
     @classmethod
@@ -88,10 +101,12 @@ class DataSpec:
                 "sequence_length",
                 "overlap",
                 "holdout",
+                "unlabelled_foreground",
             },
             "data",
         )
         mapping = _label_mapping(d.get("label_mapping"), base)
+        fill = d.get("unlabelled_foreground")
         spacing, size = d.get("spacing"), d.get("size")
         return cls(
             labels=_label_table(d["labels"], base),
@@ -104,6 +119,7 @@ class DataSpec:
             overlap=int(d.get("overlap", 4)),
             label_mapping=mapping,
             holdout=tuple(str(name) for name in d.get("holdout", ())),
+            foreground_fill=None if fill is None else ForegroundFill.from_dict(fill),
         )
 
 

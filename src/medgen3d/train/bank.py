@@ -63,7 +63,9 @@ class CaseBank:
             raise InputError("every pair in this folder is excluded (held out)", root)
         images, labels = [], []
         for i, case in enumerate(cases):
-            image, label = load_case(case, spec.labels, spec.preprocessing, spec.label_mapping)
+            image, label = load_case(
+                case, spec.labels, spec.preprocessing, spec.label_mapping, spec.foreground_fill
+            )
             if image.shape[0] < spec.sequence_length:
                 raise InputError(
                     f"has {image.shape[0]} slices on the model grid, fewer than one sequence "
