@@ -195,3 +195,14 @@ def test_masks_in_the_models_training_convention_are_conformed(
     assert main([*argv, "--out", str(tmp_path / "out_bad"), *FAST]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
     assert len(errors) == 1 and "bad.nii.gz: label values 250" in errors[0]
+
+
+def test_depth_defaults_to_the_models_typical_training_volume(tmp_path: Path) -> None:
+    model = write_tiny_model(
+        tmp_path / "model", provenance={"depth": {"min": 12, "median": 20, "max": 30}}
+    )
+    argv = ["generate", "--model", str(model), "--stage", "masks", "--steps", "2"]
+    assert main([*argv, "--out", str(tmp_path / "out"), "--device", "cpu"]) == 0
+    assert load_volume(tmp_path / "out" / "sample_0000_label.nii.gz", "label").shape[0] == 20
+    assert main([*argv, "--out", str(tmp_path / "o2"), "--device", "cpu", "--depth", "9"]) == 0
+    assert load_volume(tmp_path / "o2" / "sample_0000_label.nii.gz", "label").shape[0] == 9

@@ -8,6 +8,7 @@ else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import logging
 import sys
@@ -160,7 +161,11 @@ def _add_generate(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("-n", type=int, default=1, help="number of samples (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="base seed (default: %(default)s)")
-    p.add_argument("--depth", type=int, default=64, help="slices per volume (default: %(default)s)")
+    p.add_argument(
+        "--depth",
+        type=int,
+        help="slices per volume (default: the model's typical training volume; 64 for demo)",
+    )
     p.add_argument("--steps", type=int, default=25, help="mask denoising steps per sequence")
     p.add_argument("--sampler", default="ddim", choices=("ddim", "rflow", "ddpm"))
     p.add_argument("--refine-strength", type=float, default=0.3, help="0 skips the refiner")
@@ -193,7 +198,6 @@ def _run_generate(args: argparse.Namespace) -> None:
         raise InputError(f"-n must be at least 1, got {args.n}")
     settings = GenerationSettings(
         seed=args.seed,
-        depth=args.depth,
         sampler=args.sampler,
         steps=args.steps,
         refine_strength=args.refine_strength,
@@ -201,6 +205,8 @@ def _run_generate(args: argparse.Namespace) -> None:
     )
     with distributed_runtime(args.device) as runtime:
         model = load_model(args.model, runtime.device)
+        depth = args.depth if args.depth is not None else model.typical_depth
+        settings = dataclasses.replace(settings, depth=depth)
         if args.masks:
             masks = mask_files(args.masks)
             jobs = images_for_mask_files(

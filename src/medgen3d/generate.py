@@ -418,9 +418,11 @@ def images_for_mask_files(
     """Like :func:`generate_samples` for "image from your own mask": pair ``i`` is
     ``NAME_image.nii.gz`` (on the mask's grid), the mask in the model's label values as
     ``NAME_label.nii.gz`` and ``NAME.json``, where ``NAME`` is the mask file's name without
-    its suffix."""
+    its suffix and a trailing ``_label`` (``CASE_label.nii.gz`` gives ``CASE_image.nii.gz``)."""
     indices = list(range(len(masks)) if indices is None else indices)
-    names = [Path(m).name.removesuffix(".gz").removesuffix(".nii") for m in masks]
+    names = [
+        Path(m).name.removesuffix(".gz").removesuffix(".nii").removesuffix("_label") for m in masks
+    ]
     for i in indices:
         for target in pair_paths(out, names[i]):
             if target.exists() and not overwrite:

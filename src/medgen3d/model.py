@@ -41,6 +41,8 @@ __all__ = [
 ]
 
 
+# Slices generated when neither the user nor the model says otherwise.
+DEFAULT_DEPTH = 64
 # stage -> (module, class) whose ``from_checkpoint(checkpoint, device)`` builds it
 STAGE_MODELS = {
     "masks": ("medgen3d.models.mask_diffusion", "MaskDiffusionModel"),
@@ -74,6 +76,17 @@ class GenerativeModel:
                 f"model {self.source} has no {name!r} stage (it has: {', '.join(self.stages)})"
             )
         return self.stages[name]
+
+    @property
+    def typical_depth(self) -> int:
+        """Slices of a typical training volume (the median the mask stage recorded), the
+        default depth of a generated volume; 64 for models that did not record it."""
+        for name in ("masks", *self.checkpoints):
+            if name in self.checkpoints:
+                depth = self.checkpoints[name].config.get("provenance", {}).get("depth")
+                if depth:
+                    return int(depth["median"])
+        return DEFAULT_DEPTH
 
     def describe(self) -> str:
         """A few readable lines: what the model generates and how it was trained."""

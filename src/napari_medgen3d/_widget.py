@@ -78,7 +78,8 @@ class MedGen3DWidget(Container):
         self._load = PushButton(text="Load model")
         self._info = Label(value="Model: not loaded yet")
         self._seed = SpinBox(value=0, min=0, max=2**31 - 1, label="Seed")
-        self._depth = SpinBox(value=64, min=1, max=4096, label="Depth (slices)")
+        self._depth_default = 64  # follows the model's typical depth until the user edits it
+        self._depth = SpinBox(value=self._depth_default, min=1, max=4096, label="Depth (slices)")
         self._samples = SpinBox(value=1, min=1, max=64, label="Samples")
         self._sampler = ComboBox(choices=("ddim", "rflow", "ddpm"), value="ddim", label="Sampler")
         self._steps = SpinBox(value=25, min=1, max=1000, label="Steps")
@@ -308,6 +309,8 @@ class MedGen3DWidget(Container):
         def loaded(result: dict) -> None:
             self._model, self._model_key = result["model"], key
             self._info.value = self._model.describe()
+            if self._depth.value == self._depth_default:  # not changed by the user
+                self._depth.value = self._depth_default = self._model.typical_depth
             self._pending = then  # runs once this worker has finished and cleaned up
 
         self._start(load, on_result=loaded, needs_model=False)

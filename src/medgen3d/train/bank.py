@@ -87,6 +87,12 @@ class CaseBank:
     def __len__(self) -> int:
         return len(self.images)
 
+    def depth_range(self) -> dict[str, int]:
+        """Slices per case on the model grid (min, median, max): a model records it so
+        generation can default to the depth of a typical training volume."""
+        depths = [image.shape[0] for image in self.images]
+        return {"min": min(depths), "median": int(np.median(depths)), "max": max(depths)}
+
     def subset(self, ids: Sequence[int]) -> CaseBank:
         """The cases ``ids``, in that order."""
         return CaseBank(

@@ -119,6 +119,7 @@ def _train(stage, data_dir, recipe, settings, out, runtime, resume, overwrite, p
             "source": str(start.path),
             "steps": start.config.get("provenance", {}).get("steps"),
         },
+        "depth": bank.depth_range(),
         "label_intensities": bank.label_intensities(
             recipe.data.preprocessing.window, recipe.data.labels.names
         ),
