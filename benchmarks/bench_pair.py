@@ -1,17 +1,20 @@
-"""Time one full demo pair (64 slices of 64x64), end to end and per stage.
+"""Time one full pair of a model, end to end and per stage, and its peak memory.
 
-    .venv/bin/python benchmarks/bench_demo_pair.py [--depth 64] [--steps 25] [--refine-steps 8]
+    .venv/bin/python benchmarks/bench_pair.py [--model demo] [--depth N] [--steps 25]
+        [--refine-steps 8]
 
-Prints the wall time of `medgen3d generate --model demo` as a user runs it (a fresh process:
-imports, model loading, the three stages, writing the files), then the per-stage split
-measured in-process from the progress reports. Record the figures in benchmarks/README.md
-with the machine and its load.
+Prints the wall time and peak resident memory of `medgen3d generate --model MODEL -n 1` as
+a user runs it (a fresh process: imports, model loading, the three stages, writing the
+files), then the per-stage split measured in-process from the progress reports. The depth
+defaults to the model's own (its typical training volume). Record the figures in
+benchmarks/README.md with the machine and its load.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -21,13 +24,14 @@ from pathlib import Path
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--depth", type=int, default=64)
+    parser.add_argument("--model", default="demo")
+    parser.add_argument("--depth", type=int)
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--refine-steps", type=int, default=8)
     args = parser.parse_args()
+    depth = ["--depth", str(args.depth)] if args.depth else []
     settings = [
-        "--depth",
-        str(args.depth),
+        *depth,
         "--steps",
         str(args.steps),
         "--refine-steps",
@@ -40,23 +44,29 @@ def main() -> None:
         script = Path(sys.executable).with_name("medgen3d")
         start = time.perf_counter()
         subprocess.run(
-            [script, "generate", "--model", "demo", "--out", out, *settings],
+            [script, "generate", "--model", args.model, "--out", out, *settings],
             check=True,
             capture_output=True,
         )
         wall = time.perf_counter() - start
+    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     print(f"end to end (fresh process, CLI): {wall:.1f} s  [load {os.getloadavg()[0]:.1f}]")
+    print(f"peak resident memory of that process: {peak_mb:.0f} MB")
 
     from medgen3d.generate import GenerationSettings, generate_pair
     from medgen3d.model import load_model
 
     start = time.perf_counter()
-    model = load_model("demo", "cpu")
+    model = load_model(args.model, "cpu")
     print(f"model loading: {time.perf_counter() - start:.1f} s")
     stage_times: dict[str, float] = {}
     work = generate_pair(
         model,
-        GenerationSettings(depth=args.depth, steps=args.steps, refine_steps=args.refine_steps),
+        GenerationSettings(
+            depth=args.depth or model.typical_depth,
+            steps=args.steps,
+            refine_steps=args.refine_steps,
+        ),
     )
     last = time.perf_counter()
     for report in work:
