@@ -1,0 +1,58 @@
+"""The models bundled with the package: found by name, described, and generating a pair on
+their own grid with their own label table."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medgen3d.bundled import BUNDLED_MODELS, bundled_models
+from medgen3d.errors import InputError
+from medgen3d.generate import GenerationSettings, generate_pair
+from medgen3d.model import load_model
+from medgen3d.progress import drain
+
+REAL_ANATOMY = ("brain-mri", "headneck-ct")
+
+
+def _present(name: str) -> str:
+    if name not in bundled_models():
+        pytest.skip(f"{name} is not bundled in this checkout yet")
+    return name
+
+
+@pytest.fixture(params=sorted(BUNDLED_MODELS))
+def bundled(request) -> str:
+    return _present(request.param)
+
+
+@pytest.fixture(params=REAL_ANATOMY)
+def real_anatomy(request) -> str:
+    return _present(request.param)
+
+
+def test_bundled_model_generates_a_short_pair_on_its_grid(bundled: str) -> None:
+    model = load_model(bundled, "cpu")
+    data = model.data
+    settings = GenerationSettings(depth=data.sequence_length, steps=2, refine_steps=1)
+    pair = drain(generate_pair(model, settings))
+    assert pair.label.shape == pair.image.shape == (data.sequence_length, *data.preprocessing.size)
+    np.testing.assert_allclose(pair.label.affine, pair.image.affine)
+    assert pair.label.spacing == pytest.approx(data.preprocessing.spacing)
+    assert set(np.unique(pair.label.data).tolist()) <= set(data.labels.values)
+    assert np.isfinite(pair.image.data).all()
+
+
+def test_real_anatomy_models_say_what_they_were_trained_on(real_anatomy: str) -> None:
+    text = load_model(real_anatomy, "cpu").describe()
+    assert "licence:" in text and "held out:" in text and "data:" in text
+
+
+def test_unknown_or_absent_bundled_name_is_a_clear_error(tmp_path, monkeypatch) -> None:
+    with pytest.raises(InputError, match="no such model file or folder"):
+        load_model("brain-MRI", "cpu")
+    import medgen3d.model as model_module
+
+    monkeypatch.setattr(model_module, "bundled_model_path", lambda name: tmp_path / name)
+    with pytest.raises(InputError, match="is not bundled with this installation"):
+        load_model("headneck-ct", "cpu")
