@@ -206,3 +206,17 @@ def test_depth_defaults_to_the_models_typical_training_volume(tmp_path: Path) ->
     assert load_volume(tmp_path / "out" / "sample_0000_label.nii.gz", "label").shape[0] == 20
     assert main([*argv, "--out", str(tmp_path / "o2"), "--device", "cpu", "--depth", "9"]) == 0
     assert load_volume(tmp_path / "o2" / "sample_0000_label.nii.gz", "label").shape[0] == 9
+
+
+def test_label_map_translates_the_users_convention(tmp_path: Path) -> None:
+    model = write_tiny_model(tmp_path / "model")
+    user = np.zeros((16, 16, 20), dtype=np.uint8)
+    user[2:14, 2:14, 2:18] = 7  # "body" in the user's numbering
+    user[5:9, 5:9, 6:14] = 3  # "heart"
+    nib.save(nib.Nifti1Image(user, np.diag([2.0, 2.0, 3.0, 1.0])), tmp_path / "mine.nii.gz")
+    (tmp_path / "map.txt").write_text("0 0\n7 1\n3 4\n")
+    argv = ["generate", "--model", str(model), "--masks", str(tmp_path / "mine.nii.gz"), *FAST]
+    argv += ["--label-map", str(tmp_path / "map.txt"), "--out", str(tmp_path / "out")]
+    assert main(argv) == 0
+    written = np.asanyarray(nib.load(tmp_path / "out" / "mine_label.nii.gz").dataobj)
+    np.testing.assert_array_equal(written, np.select([user == 7, user == 3], [1, 4], 0))

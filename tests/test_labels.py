@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from medgen3d.errors import InputError
-from medgen3d.labels import Label, LabelTable, bundled_table, read_label_mapping
+from medgen3d.labels import (
+    Label,
+    LabelTable,
+    bundled_table,
+    label_mapping,
+    read_label_mapping,
+)
 
 TABLE_TEXT = """\
 # value  name   colour
@@ -186,15 +192,20 @@ def test_remap_ignores_keys_absent_from_the_volume():
     np.testing.assert_array_equal(out, [0, 6, 6])
 
 
-def test_label_mapping_file_reads_pairs_and_ignores_comments(tmp_path):
+def test_label_mapping_file_reads_pairs_ranges_and_ignores_comments(tmp_path):
     path = tmp_path / "map.txt"
-    path.write_text("# user -> model\n0 0\n12 3  # left lung\n\n40\t0\n")
-    assert read_label_mapping(path) == {0: 0, 12: 3, 40: 0}
+    path.write_text("# user -> model\n0 0\n12 3  # left lung\n\n40\t0\n100-102 7\n")
+    assert read_label_mapping(path) == {0: 0, 12: 3, 40: 0, 100: 7, 101: 7, 102: 7}
 
 
 @pytest.mark.parametrize(
     ("text", "problem"),
-    [("0 0\n5 lung\n", "line 2"), ("0 0\n3 1\n3 2\n", "mapped twice"), ("# nothing\n", "empty")],
+    [
+        ("0 0\n5 lung\n", "line 2"),
+        ("0 0\n9-3 1\n", "line 2"),
+        ("0 0\n3 1\n1-4 2\n", "mapped twice"),
+        ("# nothing\n", "empty"),
+    ],
 )
 def test_bad_label_mapping_file_is_named_with_the_problem(tmp_path, text, problem):
     path = tmp_path / "map.txt"
@@ -218,3 +229,13 @@ def test_conform_names_the_file_for_values_no_convention_knows(sparse_table):
     assert str(caught.value.path) == "mask.nii.gz"
     with pytest.raises(InputError, match="not in the label table"):
         sparse_table.conform(np.array([0, 5]), None, "mask.nii.gz")
+
+
+def test_mappings_are_found_by_file_or_bundled_name(tmp_path):
+    assert label_mapping("freesurfer_to_brain_mri")[17] == 18  # left hippocampus
+    path = tmp_path / "mine.txt"
+    path.write_text("0 0\n5 1\n")
+    assert label_mapping(path) == {0: 0, 5: 1}
+    with pytest.raises(InputError, match="freesurfer_to_brain_mri") as caught:
+        label_mapping("no_such_mapping")
+    assert str(caught.value.path) == "no_such_mapping"

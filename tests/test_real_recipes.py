@@ -12,6 +12,7 @@ import pytest
 
 from medgen3d.datasets import discover_pairs, load_case
 from medgen3d.errors import InputError
+from medgen3d.labels import label_mapping
 from medgen3d.models.mask_diffusion import check_config
 from medgen3d.recipe import load_recipe
 
@@ -101,3 +102,15 @@ def test_training_cases_of_the_brain_recipe_label_the_head_around_the_brain(shar
     assert 0.1 < head.mean() < 0.4
     assert image.data[head].mean() > image.data[label.data == 0].mean() + 0.3
     assert all(head[z].any() for z in np.flatnonzero(brain.any(axis=(1, 2))))
+
+
+def test_a_freesurfer_parcellation_maps_onto_the_brain_table_on_the_right_sides(shared_data):
+    table = load_recipe(RECIPES / "brain_mri_ixi.json").data.labels
+    path = shared_data / "mri_brain_freesurfer" / "label.nii.gz"
+    raw = np.asarray(nib.as_closest_canonical(nib.load(path)).dataobj)
+    grouped = table.remap(raw, label_mapping("freesurfer_to_brain_mri"), path)
+    x = np.broadcast_to(np.arange(grouped.shape[0])[:, None, None], grouped.shape)
+    for structure in ("cortex", "white_matter", "thalamus", "hippocampus_amygdala"):
+        right_x = x[grouped == table.value_of(f"{structure}_right")]
+        left_x = x[grouped == table.value_of(f"{structure}_left")]
+        assert right_x.size and left_x.size and right_x.mean() > left_x.mean()

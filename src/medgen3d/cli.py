@@ -174,6 +174,13 @@ def _add_generate(subparsers: argparse._SubParsersAction) -> None:
         "--seed-mask", help="label NIfTI: labelled slices are kept, empty ones generated"
     )
     p.add_argument("--masks", help="image from your own masks: a label NIfTI file or a folder")
+    p.add_argument(
+        "--label-map",
+        metavar="FILE|NAME",
+        help="translate --masks / --seed-mask values onto the model's table: a file of "
+        "'source target' lines or a bundled mapping (e.g. freesurfer_to_brain_mri); by "
+        "default masks in the model's table or its training data's convention are accepted",
+    )
     p.add_argument("--stage", default="all", choices=("all", "masks"), help="masks: labels only")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     p.add_argument("--overwrite", action="store_true", help="replace existing files")
@@ -183,11 +190,13 @@ def _add_generate(subparsers: argparse._SubParsersAction) -> None:
 def _run_generate(args: argparse.Namespace) -> None:
     from medgen3d.generate import (
         GenerationSettings,
+        conform_labels,
         generate_samples,
         images_for_mask_files,
         mask_files,
     )
     from medgen3d.io import load_volume
+    from medgen3d.labels import label_mapping
     from medgen3d.model import load_model
     from medgen3d.progress import Progress, drain
     from medgen3d.runtime import distributed_runtime
@@ -205,6 +214,7 @@ def _run_generate(args: argparse.Namespace) -> None:
     )
     with distributed_runtime(args.device) as runtime:
         model = load_model(args.model, runtime.device)
+        mapping = label_mapping(args.label_map) if args.label_map else None
         depth = args.depth if args.depth is not None else model.typical_depth
         settings = dataclasses.replace(settings, depth=depth)
         if args.masks:
@@ -216,10 +226,14 @@ def _run_generate(args: argparse.Namespace) -> None:
                 settings,
                 indices=runtime.shard(len(masks)),
                 overwrite=args.overwrite,
+                label_mapping=mapping,
             )
             count = len(runtime.shard(len(masks)))
         else:
-            seeds = load_volume(args.seed_mask, "label") if args.seed_mask else None
+            seeds = None
+            if args.seed_mask:
+                seeds = load_volume(args.seed_mask, "label")
+                seeds = conform_labels(model, seeds, args.seed_mask, mapping)
             jobs = generate_samples(
                 model,
                 args.out,

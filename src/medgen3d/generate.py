@@ -194,10 +194,22 @@ def image_from_masks(
     )
 
 
-def conform_labels(model: GenerativeModel, label: Volume, source: str | Path | None) -> Volume:
-    """``label`` in the model's table values (see :meth:`LabelTable.conform`)."""
-    data = model.data
-    return label.with_data(data.labels.conform(label.data, data.label_mapping, source))
+def conform_labels(
+    model: GenerativeModel,
+    label: Volume,
+    source: str | Path | None,
+    label_mapping: Mapping[int, int] | None = None,
+) -> Volume:
+    """``label`` in the model's table values.
+
+    With ``label_mapping`` (the user's ``--label-map``) the volume is in the user's
+    convention and is translated with it; otherwise :meth:`LabelTable.conform` takes it as
+    table values or in the model's training-data convention.
+    """
+    table = model.data.labels
+    if label_mapping is not None:
+        return label.with_data(table.remap(label.data, label_mapping, source))
+    return label.with_data(table.conform(label.data, model.data.label_mapping, source))
 
 
 def refine_image(
@@ -414,11 +426,14 @@ def images_for_mask_files(
     *,
     indices: Iterable[int] | None = None,
     overwrite: bool = False,
+    label_mapping: Mapping[int, int] | None = None,
 ) -> Iterator[tuple[int, ProgressGenerator[list[Path]]]]:
     """Like :func:`generate_samples` for "image from your own mask": pair ``i`` is
     ``NAME_image.nii.gz`` (on the mask's grid), the mask in the model's label values as
     ``NAME_label.nii.gz`` and ``NAME.json``, where ``NAME`` is the mask file's name without
-    its suffix and a trailing ``_label`` (``CASE_label.nii.gz`` gives ``CASE_image.nii.gz``)."""
+    its suffix and a trailing ``_label`` (``CASE_label.nii.gz`` gives ``CASE_image.nii.gz``).
+    ``label_mapping`` translates masks in the user's own convention (:func:`conform_labels`).
+    """
     indices = list(range(len(masks)) if indices is None else indices)
     names = [
         Path(m).name.removesuffix(".gz").removesuffix(".nii").removesuffix("_label") for m in masks
@@ -429,7 +444,7 @@ def images_for_mask_files(
                 raise OutputExistsError(target)
 
     def one(i: int) -> ProgressGenerator[list[Path]]:
-        label = conform_labels(model, load_volume(masks[i], "label"), masks[i])
+        label = conform_labels(model, load_volume(masks[i], "label"), masks[i], label_mapping)
         seeded = settings.with_seed(sample_seed(settings.seed, i))
         image = yield from image_from_masks(model, label, seeded, source=masks[i])
         return write_pair(

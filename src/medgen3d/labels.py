@@ -25,7 +25,14 @@ import numpy as np
 
 from medgen3d.errors import InputError
 
-__all__ = ["Label", "LabelTable", "bundled_table", "read_label_mapping"]
+__all__ = [
+    "Label",
+    "LabelTable",
+    "bundled_mapping",
+    "bundled_table",
+    "label_mapping",
+    "read_label_mapping",
+]
 
 _COLOUR = re.compile(r"^#[0-9a-fA-F]{6}$")
 # Distinct fallback colours (tab20-like), used when a table file names none.
@@ -242,8 +249,10 @@ def bundled_table(name: str) -> LabelTable:
 def read_label_mapping(path: str | Path) -> dict[int, int]:
     """Read a label-mapping file: one ``source_value target_value`` pair per line.
 
-    Text after ``#`` is a comment (the shipped mappings name each source structure there),
-    so a mapping stays readable next to the parcellation it translates.
+    A source may be a range, ``first-last`` (both included), for parcellations that number
+    many regions of one structure consecutively (FreeSurfer's cortical parcels). Text after
+    ``#`` is a comment (the shipped mappings name each source structure there), so a mapping
+    stays readable next to the parcellation it translates.
 
     Raises:
         InputError: naming the file and the line, for unreadable files, malformed lines or a
@@ -259,15 +268,59 @@ def read_label_mapping(path: str | Path) -> dict[int, int]:
         tokens = line.split("#", 1)[0].split()
         if not tokens:
             continue
-        if len(tokens) != 2 or not all(t.isdigit() for t in tokens):
-            raise InputError(f"line {lineno}: expected '<source value> <target value>'", path)
-        source, target = int(tokens[0]), int(tokens[1])
-        if source in mapping:
-            raise InputError(f"line {lineno}: source value {source} is mapped twice", path)
-        mapping[source] = target
+        sources = _value_range(tokens[0]) if len(tokens) == 2 else None
+        if sources is None or not tokens[1].isdigit():
+            raise InputError(
+                f"line {lineno}: expected '<source value or first-last> <target value>'", path
+            )
+        for source in sources:
+            if source in mapping:
+                raise InputError(f"line {lineno}: source value {source} is mapped twice", path)
+            mapping[source] = int(tokens[1])
     if not mapping:
         raise InputError("the label mapping is empty", path)
     return mapping
+
+
+def _value_range(token: str) -> range | None:
+    """``"7"`` -> ``range(7, 8)``, ``"1000-1035"`` -> ``range(1000, 1036)``, else ``None``."""
+    first, _, last = token.partition("-")
+    if not first.isdigit() or (last and not last.isdigit()):
+        return None
+    end = int(last or first)
+    return range(int(first), end + 1) if end >= int(first) else None
+
+
+def bundled_mapping(name: str) -> dict[int, int]:
+    """A label mapping shipped with the package (``medgen3d/labels/<name>.txt``), e.g.
+    ``freesurfer_to_brain_mri``."""
+    ref = resources.files("medgen3d") / "labels" / f"{name}.txt"
+    if not ref.is_file():
+        raise FileNotFoundError(name)
+    return read_label_mapping(Path(str(ref)))
+
+
+def label_mapping(spec: str | Path) -> dict[int, int]:
+    """A mapping from a file path or the name of a bundled mapping.
+
+    Raises:
+        InputError: naming ``spec``, when it is neither.
+    """
+    path = Path(spec)
+    if path.is_file():
+        return read_label_mapping(path)
+    try:
+        return bundled_mapping(str(spec))
+    except FileNotFoundError:
+        shipped = sorted(
+            p.name.removesuffix(".txt")
+            for p in resources.files("medgen3d").joinpath("labels").iterdir()
+            if "_to_" in p.name
+        )
+        raise InputError(
+            f"is neither a label-mapping file nor a bundled mapping ({', '.join(shipped)})",
+            spec,
+        ) from None
 
 
 def _default_colour(value: int) -> str:
