@@ -323,7 +323,10 @@ def test_load_pair_tolerates_float32_rounding_of_the_affine(tmp_nifti):
     nudged[:3, :3] *= 1 + 1e-6
     image = tmp_nifti(_unique_volume(), affine, "image.nii.gz")
     label = tmp_nifti(np.zeros(RAW_SHAPE, np.uint8), nudged, "label.nii.gz")
-    load_pair(image, label)
+    image_volume, label_volume = load_pair(image, label)
+    # accepted, and the pair carries one geometry: the image's
+    assert not np.array_equal(load_volume(label, "label").affine, image_volume.affine)
+    np.testing.assert_array_equal(label_volume.affine, image_volume.affine)
 
 
 @pytest.mark.parametrize("difference", ["shape", "affine"])

@@ -48,13 +48,6 @@ def test_parse_reads_values_names_and_colours(sparse_table):
         sparse_table.value_of("spleen")
 
 
-def test_text_round_trip(sparse_table):
-    text = sparse_table.to_text()
-    again = LabelTable.from_text(text, "again.txt")
-    assert again == sparse_table
-    assert again.to_text() == text
-
-
 def test_dict_round_trip(sparse_table):
     d = sparse_table.to_dict()
     assert d["values"] == [0, 2, 7, 300]
@@ -63,7 +56,7 @@ def test_dict_round_trip(sparse_table):
 
 def test_read_from_file(tmp_path, sparse_table):
     path = tmp_path / "table.txt"
-    path.write_text(sparse_table.to_text())
+    path.write_text(TABLE_TEXT)
     assert LabelTable.read(path) == sparse_table
 
 
@@ -89,7 +82,6 @@ def test_bundled_thorax_phantom():
     assert table.value_of("right_lung") == 2
     assert table.value_of("spine") == 8
     assert all(len(label.colour) == 7 for label in table.labels)
-    assert LabelTable.from_text(table.to_text()) == table
 
 
 def test_channels_round_trip_with_a_non_contiguous_table(sparse_table):

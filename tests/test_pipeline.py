@@ -22,7 +22,6 @@ from medgen3d.pipeline import (
     generate_images,
     image_from_labels,
     image_from_mask,
-    image_from_mask_file,
 )
 from medgen3d.preprocessing import IntensityWindow, Preprocessing
 from medgen3d.progress import Progress, drain
@@ -109,7 +108,7 @@ def test_image_lands_on_its_labels_in_the_users_grid(
 
     monkeypatch.setattr(ImageGenerator, "generate_sequence", paint)
     path = _user_mask(tmp_path)
-    image = drain(image_from_mask_file(path, generator))
+    image = drain(_image_from_mask_file(path, generator))
     channels = DATA.labels.to_channels(load_volume(path, "label").data)
     in_plane = np.ones((1, 3, 3), dtype=bool)  # interior voxels: no interpolation across edges
     for channel in np.unique(channels).tolist():
@@ -123,14 +122,7 @@ def test_label_value_outside_the_table_names_the_file(
 ) -> None:
     path = _user_mask(tmp_path, extra_value=42)
     with pytest.raises(InputError, match=r"user_mask\.nii\.gz.*42"):
-        drain(image_from_mask_file(path, generator))
-
-
-def test_label_mapping_translates_user_values(tmp_path: Path, generator: ImageGenerator) -> None:
-    path = _user_mask(tmp_path, extra_value=42)
-    mapping = {0: 0, 1: 1, 2: 2, 3: 3, 8: 8, 42: 4}
-    image = drain(image_from_mask_file(path, generator, label_mapping=mapping))
-    assert image.shape == nib.load(path).shape[::-1]
+        drain(_image_from_mask_file(path, generator))
 
 
 def test_a_volume_shorter_than_a_sequence_is_refused(
@@ -140,7 +132,7 @@ def test_a_volume_shorter_than_a_sequence_is_refused(
     path = tmp_path / "thin.nii.gz"
     nib.save(nib.Nifti1Image(label, np.diag([2.0, 2.0, 3.0, 1.0])), path)
     with pytest.raises(InputError, match=r"thin\.nii\.gz.*fewer than one sequence"):
-        drain(image_from_mask_file(path, generator))
+        drain(_image_from_mask_file(path, generator))
 
 
 def test_sequences_continue_their_neighbours_and_the_seed_decides(
@@ -184,3 +176,8 @@ def test_regenerating_a_region_keeps_every_other_slice(generator: ImageGenerator
     assert not np.array_equal(after[region], before[region])
     # only the sequence at start 6 (of 0, 6, 12, 13) touches slices 9..11
     assert [r.total for r in reports] == [1]
+
+
+def _image_from_mask_file(path: Path, generator: ImageGenerator):
+    """What ``generate --masks`` does with one file: load it, and name it in errors."""
+    return image_from_mask(load_volume(path, "label"), generator, source=path)

@@ -1,4 +1,4 @@
-"""Overlapping slice sequences: coverage, positions and exact split/assemble round trips."""
+"""Overlapping slice sequences: coverage and relative positions."""
 
 from __future__ import annotations
 
@@ -7,14 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from medgen3d.sequences import (
-    SliceSequence,
-    assemble_sequences,
-    check_sequence_geometry,
-    relative_position,
-    sequence_starts,
-    split_into_sequences,
-)
+from medgen3d.sequences import check_sequence_geometry, relative_position, sequence_starts
 
 # (depth, length, overlap), including depth == length and depth == length + 1
 GEOMETRIES = [
@@ -60,8 +53,8 @@ def test_starts_examples():
 
 @pytest.mark.parametrize(("depth", "length", "overlap"), GEOMETRIES)
 def test_relative_positions_run_from_zero_to_one(depth, length, overlap):
-    sequences = split_into_sequences(np.zeros((depth, 2, 3)), length, overlap)
-    positions = [seq.position for seq in sequences]
+    starts = sequence_starts(depth, length, overlap)
+    positions = [relative_position(start, depth, length) for start in starts]
     assert all(0.0 <= p <= 1.0 for p in positions)
     assert positions == sorted(positions)
     if depth > length:
@@ -82,54 +75,6 @@ def test_relative_position_values_and_bounds():
             relative_position(start, 20, 10)
 
 
-def _volumes(depth: int) -> list[np.ndarray]:
-    rng = np.random.default_rng(depth)
-    return [
-        rng.integers(0, 300, size=(depth, 5, 6)).astype(np.uint16),
-        rng.normal(size=(depth, 5, 6)).astype(np.float32),
-        rng.normal(size=(depth, 3, 5, 6)).astype(np.float64),  # (Z, C, H, W)
-        rng.integers(0, 9, size=(depth, 4, 4)).astype(np.uint8),
-    ]
-
-
-@pytest.mark.parametrize(("depth", "length", "overlap"), GEOMETRIES)
-def test_split_then_assemble_is_bit_identical(depth, length, overlap):
-    for volume in _volumes(depth):
-        sequences = split_into_sequences(volume, length, overlap)
-        assert [seq.start for seq in sequences] == sequence_starts(depth, length, overlap)
-        for seq in sequences:
-            assert seq.data.shape == (length, *volume.shape[1:])
-            np.testing.assert_array_equal(seq.data, volume[seq.start : seq.start + length])
-        out = assemble_sequences(sequences, depth)
-        assert out.dtype == volume.dtype
-        assert out.shape == volume.shape
-        assert out.tobytes() == volume.tobytes()
-
-
-def test_assemble_lets_later_sequences_win_where_they_overlap():
-    depth, length = 6, 4
-    first = SliceSequence(0, 0.0, np.zeros((length, 2), np.int32))
-    second = SliceSequence(2, 1.0, np.ones((length, 2), np.int32))
-    out = assemble_sequences([first, second], depth)
-    np.testing.assert_array_equal(out[:, 0], [0, 0, 1, 1, 1, 1])
-
-
-def test_assemble_rejects_gaps_and_overhangs():
-    data = np.zeros((4, 2))
-    with pytest.raises(ValueError, match=r"\[4, 5\]"):
-        assemble_sequences([SliceSequence(0, 0.0, data), SliceSequence(6, 1.0, data)], 10)
-    with pytest.raises(ValueError, match="outside"):
-        assemble_sequences([SliceSequence(0, 0.0, data), SliceSequence(8, 1.0, data)], 10)
-    with pytest.raises(ValueError, match="outside"):
-        assemble_sequences([SliceSequence(-1, 0.0, data)], 10)
-    with pytest.raises(ValueError, match="no sequences"):
-        assemble_sequences([], 10)
-    # Splitting, then dropping a middle sequence, leaves a gap.
-    sequences = split_into_sequences(np.arange(40.0), 8, 2)
-    with pytest.raises(ValueError, match="not covered"):
-        assemble_sequences(sequences[:1] + sequences[2:], 40)
-
-
 @pytest.mark.parametrize(
     ("depth", "length", "overlap", "words"),
     [
@@ -147,6 +92,3 @@ def test_invalid_geometry_raises(depth, length, overlap, words):
         check_sequence_geometry(depth, length, overlap)
     with pytest.raises(ValueError, match=words):
         sequence_starts(depth, length, overlap)
-    if depth > 0:
-        with pytest.raises(ValueError, match=words):
-            split_into_sequences(np.zeros(depth), length, overlap)

@@ -145,13 +145,16 @@ def load_volume(path: str | Path, kind: VolumeKind = "image") -> Volume:
 def load_pair(image_path: str | Path, label_path: str | Path) -> tuple[Volume, Volume]:
     """Read an image and its label map, which must share one grid.
 
+    Affines that differ only by header rounding (:func:`check_same_geometry`) are made one:
+    the label takes the image's, so the pair never carries two geometries onwards.
+
     Raises:
         InputError: as :func:`load_volume`, or when shapes or affines differ.
     """
     image = load_volume(image_path, "image")
     label = load_volume(label_path, "label")
     check_same_geometry(image, label, label_path, image_path)
-    return image, label
+    return image, replace(label, affine=image.affine.copy())
 
 
 def check_same_geometry(

@@ -196,12 +196,6 @@ class LabelTable:
         return lookup[labels].astype(np.uint8 if max(self.values) <= 255 else np.uint16)
 
     # ---- serialisation ------------------------------------------------------------------
-    def to_text(self) -> str:
-        """The table in the file format described in the module docstring."""
-        lines = ["# value\tname\tcolour"]
-        lines += [f"{label.value}\t{label.name}\t{label.colour}" for label in self.labels]
-        return "\n".join(lines) + "\n"
-
     def to_dict(self) -> dict[str, list]:
         """A JSON-friendly form (checkpoint configs, dataset.json)."""
         colours = [label.colour for label in self.labels]

@@ -9,8 +9,8 @@ and the command line drains it.
   first (most inferior) slice up; each sequence starts with the last ``k`` slices generated
   before it, so sequences join without a seam.
 * :func:`image_from_labels`: stage 2 then stage 3 (skipped at strength 0).
-* :func:`image_from_mask` / :func:`image_from_mask_file`: "image from your own mask": a
-  user's label volume in any geometry, out an aligned image on exactly that grid.
+* :func:`image_from_mask`: "image from your own mask": a user's label volume in any
+  geometry, out an aligned image on exactly that grid.
 
 Whole models (all stages, a user's settings) are driven from :mod:`medgen3d.generate`.
 """
@@ -18,15 +18,13 @@ Whole models (all stages, a user's settings) are driven from :mod:`medgen3d.gene
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from medgen3d.errors import InputError
-from medgen3d.io import Volume, load_volume
+from medgen3d.io import Volume
 from medgen3d.models.image_generator import ImageGenerator
 from medgen3d.models.refiner import SemanticRefiner
 from medgen3d.preprocessing import preprocess_pair, resample_like
@@ -39,7 +37,6 @@ __all__ = [
     "generate_images",
     "image_from_labels",
     "image_from_mask",
-    "image_from_mask_file",
     "stage_seed",
 ]
 
@@ -140,12 +137,12 @@ def image_from_mask(
     *,
     seed: int = 0,
     refine: RefineSettings = DEFAULT_REFINE,
-    label_mapping: Mapping[int, int] | None = None,
     source: str | Path | None = None,
 ) -> ProgressGenerator[Volume]:
     """An image aligned with a user's label volume, on the user's own grid.
 
-    The labels are checked against (or remapped onto) the model's table, resampled onto
+    The labels (already in the model's table: :func:`medgen3d.generate.conform_labels`) are
+    checked against it, resampled onto
     the model's grid (nearest neighbour), turned into an image there, converted to physical
     units and resampled back onto the user's grid.
 
@@ -155,7 +152,6 @@ def image_from_mask(
         refiner: stage 3, or ``None``.
         seed: seeds every random draw.
         refine: refinement settings (strength 0 skips it).
-        label_mapping: user value -> table value, when the user's values differ.
         source: the file ``label`` came from, named in errors.
 
     Returns:
@@ -167,29 +163,14 @@ def image_from_mask(
             the generator cannot take.
     """
     data = generator.data
-    if label_mapping is None:
-        data.labels.check_values(label.data, source)
-        values = label
-    else:
-        values = label.with_data(data.labels.remap(label.data, label_mapping, source))
-    _, on_grid = preprocess_pair(None, values, data.preprocessing)
+    data.labels.check_values(label.data, source)
+    _, on_grid = preprocess_pair(None, label, data.preprocessing)
     _check_model_grid(on_grid, generator, source)
     channels = data.labels.to_channels(on_grid.data, source)
     work = image_from_labels(generator, refiner, channels, seed=seed, refine=refine)
     image = yield from with_affine(work, on_grid.affine)
     physical = Volume(data.preprocessing.window.to_physical(image), on_grid.affine)
     return resample_like(physical, label, "image")
-
-
-def image_from_mask_file(
-    path: str | Path,
-    generator: ImageGenerator,
-    refiner: SemanticRefiner | None = None,
-    **kwargs: Any,
-) -> ProgressGenerator[Volume]:
-    """:func:`image_from_mask` for a label NIfTI file (errors name the file)."""
-    label = load_volume(path, "label")
-    return (yield from image_from_mask(label, generator, refiner, source=path, **kwargs))
 
 
 def _check_model_grid(

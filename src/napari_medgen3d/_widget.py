@@ -166,10 +166,10 @@ class MedGen3DWidget(Container):
             return
         seeds = _volume(layer)
 
-        def work(model: GenerativeModel) -> Generator:
+        def work(model: GenerativeModel, settings: GenerationSettings) -> Generator:
             from medgen3d.generate import generate_masks
 
-            label = yield from generate_masks(model, self._settings(), seeds=seeds)
+            label = yield from generate_masks(model, settings, seeds=seeds)
             return {"labels": (label, f"{layer.name} completed")}
 
         self._with_model(lambda: self._start(work))
@@ -180,10 +180,10 @@ class MedGen3DWidget(Container):
             return
         label = _volume(layer)
 
-        def work(model: GenerativeModel) -> Generator:
+        def work(model: GenerativeModel, settings: GenerationSettings) -> Generator:
             from medgen3d.generate import image_from_masks
 
-            image = yield from image_from_masks(model, label, self._settings())
+            image = yield from image_from_masks(model, label, settings)
             return {"image": (image, f"{layer.name} image")}
 
         self._with_model(lambda: self._start(work))
@@ -195,10 +195,10 @@ class MedGen3DWidget(Container):
         image_layer, label_layer = chosen
         image, label = _volume(image_layer), _volume(label_layer)
 
-        def work(model: GenerativeModel) -> Generator:
+        def work(model: GenerativeModel, settings: GenerationSettings) -> Generator:
             from medgen3d.generate import refine_image
 
-            refined = yield from refine_image(model, image, label, self._settings())
+            refined = yield from refine_image(model, image, label, settings)
             return {"image": (refined, f"{image_layer.name} refined")}
 
         self._with_model(lambda: self._start(work))
@@ -218,10 +218,10 @@ class MedGen3DWidget(Container):
             return
         image, label = _volume(image_layer), _volume(label_layer)
 
-        def work(model: GenerativeModel) -> Generator:
+        def work(model: GenerativeModel, settings: GenerationSettings) -> Generator:
             from medgen3d.generate import regenerate_slices
 
-            updated = yield from regenerate_slices(model, image, label, changed, self._settings())
+            updated = yield from regenerate_slices(model, image, label, changed, settings)
             return {"image": (updated, f"{image_layer.name} regenerated")}
 
         self._with_model(lambda: self._start(work))
@@ -264,7 +264,7 @@ class MedGen3DWidget(Container):
         segmenter_path = str(self._segmenter.value or "")
         device = str(self._device.value)
 
-        def work(model: GenerativeModel) -> Generator:
+        def work(model: GenerativeModel, _settings: GenerationSettings) -> Generator:
             from medgen3d.evaluation.check import check_pair, training_intensities
             from medgen3d.evaluation.segmenter import Segmenter
             from medgen3d.runtime import resolve_device
@@ -299,7 +299,7 @@ class MedGen3DWidget(Container):
             then()
             return
 
-        def load(_no_model: None) -> Generator:
+        def load(_no_model: None, _no_settings: None) -> Generator:
             from medgen3d.model import load_model
             from medgen3d.runtime import resolve_device
 
@@ -328,11 +328,10 @@ class MedGen3DWidget(Container):
     def _run_samples(self, what: str) -> None:
         count = int(self._samples.value)
 
-        def work(model: GenerativeModel) -> Generator:
+        def work(model: GenerativeModel, settings: GenerationSettings) -> Generator:
             from medgen3d.generate import generate_pair, sample_seed
 
             results = {}
-            settings = self._settings()
             for index in range(count):
                 seeded = settings.with_seed(sample_seed(settings.seed, index))
                 pair = yield from generate_pair(
@@ -348,18 +347,19 @@ class MedGen3DWidget(Container):
 
     def _start(
         self,
-        work: Callable[[GenerativeModel | None], Generator],
+        work: Callable[[GenerativeModel | None, GenerationSettings | None], Generator],
         on_result: Callable[[dict], None] | None = None,
         needs_model: bool = True,
     ) -> None:
-        """Run ``work(model)`` in a worker thread; ``on_result`` gets what it returns."""
+        """Run ``work(model, settings)`` in a worker thread; ``on_result`` gets what it
+        returns. The settings are read from the controls here, on the GUI thread (Qt
+        widgets must not be read from another thread), as the job starts."""
         if self._worker is not None:
             show_info("MedGen3D is busy; cancel the running job or wait for it.")
             return
+        model, settings = (self._model, self._settings()) if needs_model else (None, None)
         # errors are shown by _on_error; napari must not also re-raise them
-        worker = create_worker(
-            work, self._model if needs_model else None, _start_thread=False, _ignore_errors=True
-        )
+        worker = create_worker(work, model, settings, _start_thread=False, _ignore_errors=True)
         worker.yielded.connect(lambda report: self._on_progress(report, worker))
         worker.returned.connect(on_result or self._add_results)
         worker.errored.connect(self._on_error)

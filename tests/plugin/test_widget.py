@@ -84,8 +84,12 @@ def test_cancel_leaves_layers_as_they_were(widget, qtbot) -> None:
     names = [layer.name for layer in viewer.layers]
     w.generate_pair()
     qtbot.waitUntil(lambda: w._bar is not None, timeout=TIMEOUT_MS)  # work under way
+    outcome = []
+    w._worker.aborted.connect(lambda: outcome.append("aborted"))
+    w._worker.errored.connect(lambda exc: outcome.append(f"failed: {exc}"))
     w.cancel()
     _wait_idle(qtbot, w)
+    assert outcome == ["aborted"]  # cancelled, not failed
     assert [layer.name for layer in viewer.layers] == names
 
 
@@ -149,3 +153,23 @@ def test_model_list_offers_the_bundled_models_and_follows_a_chosen_file(
     w._model_file.value = tiny_model / "images.pt"
     assert w._model_name.value == OTHER_FILE
     assert w._model_spec() == str(tiny_model)
+
+
+def test_controls_are_read_on_the_gui_thread(widget, qtbot) -> None:
+    """Qt widgets must not be read from the worker thread: the settings are taken on the
+    GUI thread as the job starts."""
+    import threading
+
+    viewer, w = widget
+    read_in = []
+    settings = w._settings
+
+    def recording():
+        read_in.append(threading.current_thread() is threading.main_thread())
+        return settings()
+
+    w._settings = recording
+    w.generate_masks()
+    qtbot.waitUntil(lambda: "sample 0-0 labels" in viewer.layers, timeout=TIMEOUT_MS)
+    _wait_idle(qtbot, w)
+    assert read_in == [True]
