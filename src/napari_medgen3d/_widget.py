@@ -385,9 +385,11 @@ class MedGen3DWidget(Container):
 
     def _add_results(self, result: dict) -> None:
         """Add each returned ``(volume, name[, settings])`` as a layer (``labels*`` keys
-        become Labels layers, the others Image layers)."""
+        become Labels layers, the others Image layers). Images go in first, so every label
+        layer lies above the images and its overlay is visible without reordering."""
         self._remove_preview()
-        for key, (volume, name, *rest) in result.items():
+        ordered = sorted(result.items(), key=lambda item: item[0].startswith("labels"))
+        for key, (volume, name, *rest) in ordered:
             kind = "labels" if key.startswith("labels") else "image"
             self._add_volume(volume, kind, name, rest[0] if rest else None)
 

@@ -50,6 +50,8 @@ def test_generate_pair_adds_aligned_layers_with_label_names(widget, qtbot) -> No
     qtbot.waitUntil(lambda: "sample 0-0 image" in viewer.layers, timeout=TIMEOUT_MS)
     _wait_idle(qtbot, w)
     assert len(viewer.layers) == 2  # the previews are gone
+    # the labels lie above their image, so the overlay shows at once
+    assert [layer.name for layer in viewer.layers] == ["sample 0-0 image", "sample 0-0 labels"]
     labels, image = viewer.layers["sample 0-0 labels"], viewer.layers["sample 0-0 image"]
     assert labels.data.shape == image.data.shape == (12, 16, 16)
     np.testing.assert_allclose(labels.scale, (3.0, 2.0, 2.0))
