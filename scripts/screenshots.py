@@ -1,10 +1,13 @@
 """Screenshots of a generated pair in napari, 2D and 3D, for the README.
 
-    xvfb-run -a .venv/bin/python scripts/screenshots.py out/demo/sample_0000 resources/docs
+    xvfb-run -a .venv/bin/python scripts/screenshots.py out/demo/sample_0000 resources/docs \
+        [--name pair] [--window -1000 600] [--hide body]
 
 Opens the pair with the plugin's reader (so placement and label colours are the ones users
-see), docks the MedGen3D widget, and saves ``pair_2d.png`` (the middle axial slice, with
-the widget) and ``pair_3d.png`` (the organs in 3D, the body made transparent).
+see), docks the MedGen3D widget, and saves ``NAME_2d.png`` (the middle axial slice, with
+the widget) and ``NAME_3d.png`` (the structures in 3D, the envelope labels of ``--hide``
+made transparent so the organs inside show). Without ``--window`` the contrast spans the
+image's 1st to 99.5th percentile (MRI has no absolute unit).
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("pair", help="path prefix of the pair, e.g. out/demo/sample_0000")
     parser.add_argument("out", help="folder for the PNG files")
+    parser.add_argument("--name", default="pair", help="file name prefix (default: pair)")
+    parser.add_argument("--window", type=float, nargs=2, metavar=("LOW", "HIGH"))
+    parser.add_argument("--hide", nargs="*", default=["body"], help="labels hidden in 3D")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -32,23 +38,26 @@ def main() -> None:
         viewer.open(f"{args.pair}_{kind}.nii.gz", plugin="napari-medgen3d")[0]
         for kind in ("image", "label")
     )
-    image.contrast_limits = (-1000, 600)
+    window = args.window or np.percentile(image.data, [1.0, 99.5]).tolist()
+    image.contrast_limits = tuple(window)
     labels.opacity = 0.5
     middle = image.data.shape[0] // 2
     viewer.dims.set_point(0, image.data_to_world((middle, 0, 0))[0])
-    viewer.screenshot(str(out / "pair_2d.png"), canvas_only=False, flash=False)
+    flat, solid = out / f"{args.name}_2d.png", out / f"{args.name}_3d.png"
+    viewer.screenshot(str(flat), canvas_only=False, flash=False)
 
     viewer.dims.ndisplay = 3
     image.visible = False
     labels.opacity = 0.9
-    body = labels.features["index"][list(labels.features["name"]).index("body")]
+    names = list(labels.features["name"])
     colours = dict(labels.colormap.color_dict)
-    colours[int(body)] = np.zeros(4)  # the body would hide the organs inside it
+    for hidden in args.hide:  # an envelope (body, head) would hide the organs inside it
+        colours[int(labels.features["index"][names.index(hidden)])] = np.zeros(4)
     labels.colormap = DirectLabelColormap(color_dict=colours)
     viewer.camera.angles = (-20, 35, 150)
     viewer.camera.zoom = 1.1
-    shot = viewer.screenshot(str(out / "pair_3d.png"), canvas_only=True, flash=False)
-    print(f"wrote {out / 'pair_2d.png'} and {out / 'pair_3d.png'} (3D std {np.std(shot):.1f})")
+    shot = viewer.screenshot(str(solid), canvas_only=True, flash=False)
+    print(f"wrote {flat} and {solid} (3D std {np.std(shot):.1f})")
     viewer.close()
 
 
