@@ -8,9 +8,10 @@ import pytest
 
 from medgen3d.bundled import BUNDLED_MODELS, bundled_models
 from medgen3d.errors import InputError
-from medgen3d.generate import GenerationSettings, generate_pair
+from medgen3d.generate import generate_pair
 from medgen3d.model import load_model
 from medgen3d.progress import drain
+from medgen3d.settings import GenerationSettings
 
 REAL_ANATOMY = ("brain-mri", "headneck-ct")
 

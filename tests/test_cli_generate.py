@@ -220,3 +220,25 @@ def test_label_map_translates_the_users_convention(tmp_path: Path) -> None:
     assert main(argv) == 0
     written = np.asanyarray(nib.load(tmp_path / "out" / "mine_label.nii.gz").dataobj)
     np.testing.assert_array_equal(written, np.select([user == 7, user == 3], [1, 4], 0))
+
+
+def test_refiner_sampler_and_guidance_reach_the_refiner(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import medgen3d.pipeline
+
+    calls = []
+
+    def recording(refiner, image, labels, **kwargs):
+        calls.append(kwargs)
+        yield from ()
+        return image
+
+    monkeypatch.setattr(medgen3d.pipeline, "refine_volume", recording)
+    extra = ["--refine-sampler", "ddpm", "--guidance", "2.5"]
+    assert _generate(tiny_model, tmp_path / "a", *extra) == 0
+    assert _generate(tiny_model, tmp_path / "b") == 0
+    assert (calls[0]["sampler"], calls[0]["guidance"]) == ("ddpm", 2.5)
+    assert (calls[1]["sampler"], calls[1]["guidance"]) == ("auto", 1.0)
+    sidecar = json.loads((tmp_path / "a" / "sample_0000.json").read_text())
+    assert sidecar["settings"]["refine_sampler"] == "ddpm"

@@ -151,3 +151,12 @@ def test_checkpoint_round_trip_gives_identical_predictions(tmp_path: Path) -> No
     x, t, seg = torch.randn(2, 1, 16, 16), torch.tensor([3, 90]), torch.rand(2, 9, 16, 16)
     assert torch.equal(original.predict(x, t, seg), loaded.predict(x, t, seg))
     assert loaded.config == config
+
+
+def test_auto_sampler_is_the_one_the_objective_calls_for(trained: tuple, volume: tuple) -> None:
+    refiner, _ = trained  # trained with the ddpm objective: auto means DDIM
+    auto = _refine(refiner, volume, sampler="auto", strength=0.5, steps=3)
+    np.testing.assert_array_equal(
+        auto, _refine(refiner, volume, sampler="ddim", strength=0.5, steps=3)
+    )
+    assert not np.array_equal(auto, _refine(refiner, volume, sampler="ddpm", strength=0.5, steps=3))

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from medgen3d import __version__
 from medgen3d.errors import InputError
+from medgen3d.settings import DEFAULTS, Device, MaskSampler, RefineSampler, choices
 
 __all__ = ["build_parser", "main"]
 
@@ -121,7 +122,7 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
         "brain-mri, or a folder) or a checkpoint file; layers that depend on a different "
         "label table start fresh",
     )
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    p.add_argument("--device", default=Device.AUTO.value, choices=choices(Device))
     p.set_defaults(run=_run_train)
 
 
@@ -160,16 +161,42 @@ def _add_generate(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="demo", help=MODEL_HELP)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("-n", type=int, default=1, help="number of samples (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="base seed (default: %(default)s)")
+    p.add_argument(
+        "--seed", type=int, default=DEFAULTS.seed, help="base seed (default: %(default)s)"
+    )
     p.add_argument(
         "--depth",
         type=int,
         help="slices per volume (default: the model's typical training volume; 64 for demo)",
     )
-    p.add_argument("--steps", type=int, default=25, help="mask denoising steps per sequence")
-    p.add_argument("--sampler", default="ddim", choices=("ddim", "rflow", "ddpm"))
-    p.add_argument("--refine-strength", type=float, default=0.3, help="0 skips the refiner")
-    p.add_argument("--refine-steps", type=int, default=8, help="refiner denoising steps")
+    p.add_argument(
+        "--steps", type=int, default=DEFAULTS.steps, help="mask denoising steps per sequence"
+    )
+    p.add_argument("--sampler", default=DEFAULTS.sampler, choices=choices(MaskSampler))
+    p.add_argument(
+        "--refine-strength",
+        type=float,
+        default=DEFAULTS.refine_strength,
+        help="0 skips the refiner (default: %(default)s)",
+    )
+    p.add_argument(
+        "--refine-steps",
+        type=int,
+        default=DEFAULTS.refine_steps,
+        help="refiner denoising steps (default: %(default)s)",
+    )
+    p.add_argument(
+        "--refine-sampler",
+        default=DEFAULTS.refine_sampler,
+        choices=choices(RefineSampler),
+        help="auto: the one the refiner was trained for (default: %(default)s)",
+    )
+    p.add_argument(
+        "--guidance",
+        type=float,
+        default=DEFAULTS.guidance,
+        help="the refiner's classifier-free guidance; 1 is plain (default: %(default)s)",
+    )
     p.add_argument(
         "--seed-mask", help="label NIfTI: labelled slices are kept, empty ones generated"
     )
@@ -182,7 +209,7 @@ def _add_generate(subparsers: argparse._SubParsersAction) -> None:
         "default masks in the model's table or its training data's convention are accepted",
     )
     p.add_argument("--stage", default="all", choices=("all", "masks"), help="masks: labels only")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    p.add_argument("--device", default=Device.AUTO.value, choices=choices(Device))
     p.add_argument("--overwrite", action="store_true", help="replace existing files")
     p.set_defaults(run=_run_generate)
 
@@ -211,6 +238,8 @@ def _run_generate(args: argparse.Namespace) -> None:
         steps=args.steps,
         refine_strength=args.refine_strength,
         refine_steps=args.refine_steps,
+        refine_sampler=args.refine_sampler,
+        guidance=args.guidance,
     )
     with distributed_runtime(args.device) as runtime:
         model = load_model(args.model, runtime.device)
@@ -342,7 +371,7 @@ def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
         "the real images (default: %(default)s, skipped)",
     )
     p.add_argument("--seed", type=int, default=0, help="split and training seed")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    p.add_argument("--device", default=Device.AUTO.value, choices=choices(Device))
     p.add_argument("--overwrite", action="store_true", help="replace an earlier report in --out")
     p.set_defaults(run=_run_evaluate)
 
@@ -407,7 +436,7 @@ def _add_check(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--segmenter", help="segmenter.pt written by `medgen3d evaluate`")
     p.add_argument("--min-dice", type=float, default=None, help="lowest mean Dice accepted")
     p.add_argument("--json", help="also write the findings to this JSON file")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    p.add_argument("--device", default=Device.AUTO.value, choices=choices(Device))
     p.set_defaults(run=_run_check)
 
 

@@ -111,6 +111,12 @@ class Diffusion:
         return noisy, targets[self.objective]
 
     # ---- sampling -----------------------------------------------------------------------
+    @property
+    def default_sampler(self) -> str:
+        """The fast sampler this objective calls for: rectified flow for ``rflow``, DDIM
+        for the others."""
+        return "rflow" if self.objective == "rflow" else "ddim"
+
     def sampler(
         self,
         name: str,

@@ -10,7 +10,6 @@ one affine. Each yields :class:`~medgen3d.progress.Progress` and returns its res
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from medgen3d.progress import ProgressGenerator, with_affine
 from medgen3d.recipe import DataSpec
 from medgen3d.refine import RefineSettings, refine_volume
 from medgen3d.sampling import sample_mask_volume
+from medgen3d.settings import GenerationSettings
 
 __all__ = [
     "GeneratedPair",
@@ -47,41 +47,6 @@ __all__ = [
     "sample_seed",
     "write_pair",
 ]
-
-
-@dataclass(frozen=True)
-class GenerationSettings:
-    """Every setting of a generation, recorded in each sample's sidecar.
-
-    Attributes:
-        seed: seed of this sample (derive per-sample seeds with :func:`sample_seed`).
-        depth: slices to generate when no seed mask fixes the depth.
-        sampler: mask sampler (``ddim``, ``rflow`` or ``ddpm``).
-        steps: mask denoising steps per sequence.
-        refine_strength: SDEdit strength of the refiner (0 skips it).
-        refine_steps: refiner denoising steps.
-    """
-
-    seed: int = 0
-    depth: int = 64
-    sampler: str = "ddim"
-    steps: int = 25
-    refine_strength: float = 0.3
-    refine_steps: int = 8
-
-    def __post_init__(self) -> None:
-        if self.seed < 0:
-            raise InputError(f"seed must be >= 0, got {self.seed}")
-        if self.steps < 1 or self.refine_steps < 1:
-            raise InputError("steps and refine steps must be at least 1")
-        if not 0.0 <= self.refine_strength <= 1.0:
-            raise InputError(f"refine strength must be in [0, 1], got {self.refine_strength}")
-
-    def with_seed(self, seed: int) -> GenerationSettings:
-        return dataclasses.replace(self, seed=seed)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)
@@ -343,7 +308,12 @@ def write_pair(
 
 
 def _refine_settings(settings: GenerationSettings) -> RefineSettings:
-    return RefineSettings(strength=settings.refine_strength, steps=settings.refine_steps)
+    return RefineSettings(
+        strength=settings.refine_strength,
+        steps=settings.refine_steps,
+        sampler=settings.refine_sampler,
+        guidance=settings.guidance,
+    )
 
 
 def _on_one_grid(image: Volume, label: Volume) -> tuple[Volume, Volume]:

@@ -28,14 +28,15 @@ class RefineSettings:
     Attributes:
         strength: SDEdit noise level in [0, 1]; 0 skips refinement.
         steps: denoising steps from that level.
-        sampler: ``"ddim"``, ``"ddpm"`` or ``"rflow"`` (whatever the model's objective allows).
+        sampler: ``"ddim"``, ``"ddpm"`` or ``"rflow"`` (whatever the model's objective
+            allows), or ``"auto"`` for the one its objective calls for.
         guidance: classifier-free guidance scale (1: plain conditional sampling).
         batch_size: slices per network call.
     """
 
     strength: float = 0.3
     steps: int = 8
-    sampler: str = "ddim"
+    sampler: str = "auto"
     guidance: float = 1.0
     batch_size: int = 16
 
@@ -47,7 +48,7 @@ def refine_volume(
     *,
     strength: float = 0.3,
     steps: int = 8,
-    sampler: str = "ddim",
+    sampler: str = "auto",
     guidance: float = 1.0,
     seed: int = 0,
     batch_size: int = 16,
@@ -62,7 +63,8 @@ def refine_volume(
         strength: SDEdit noise level in [0, 1]; 0 returns ``image`` without running the
             network.
         steps: denoising steps from that level.
-        sampler: ``"ddim"``/``"ddpm"`` (DDPM-trained refiner) or ``"rflow"``.
+        sampler: ``"ddim"``/``"ddpm"`` (DDPM-trained refiner) or ``"rflow"``; ``"auto"``
+            picks the one the refiner's training objective calls for.
         guidance: classifier-free guidance scale; 1 is plain conditional sampling, other
             values run the network twice per step.
         seed: the starting noise of every slice is drawn from this seed for the whole
@@ -94,6 +96,8 @@ def refine_volume(
         refiner.to(device)
     device = refiner.device
     diffusion = refiner.diffusion
+    if sampler == "auto":
+        sampler = diffusion.default_sampler
     schedule = diffusion.sampler(sampler, steps, strength, device=device)
     depth = image.shape[0]
     noise = torch.randn((depth, 1, *image.shape[1:]), generator=torch.Generator().manual_seed(seed))

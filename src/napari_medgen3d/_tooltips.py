@@ -15,6 +15,10 @@ TOOLTIPS = {
     "refine_strength": "How much the refiner may change the image: 0 keeps it as generated, "
     "1 re-draws it entirely from the mask.",
     "refine_steps": "Denoising steps of the refiner.",
+    "refine_sampler": "The refiner's sampler; auto picks the one it was trained for "
+    "(rectified flow or DDIM).",
+    "guidance": "Classifier-free guidance of the refiner: 1 is plain conditional sampling; "
+    "higher follows the masks more closely and costs twice the time per step.",
     "labels_layer": "The Labels layer to generate from, complete, or use as the mask.",
     "image_layer": "The Image layer to refine.",
     "generate_pair": "Generate masks, then the image, then refine it (all stages).",

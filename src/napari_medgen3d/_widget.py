@@ -24,6 +24,7 @@ from magicgui.widgets import (
     Container,
     FileEdit,
     FloatSlider,
+    FloatSpinBox,
     Label,
     PushButton,
     SpinBox,
@@ -35,6 +36,14 @@ from napari.utils.notifications import show_error, show_info
 
 from medgen3d.bundled import bundled_models
 from medgen3d.errors import InputError
+from medgen3d.settings import (
+    DEFAULTS,
+    Device,
+    GenerationSettings,
+    MaskSampler,
+    RefineSampler,
+    choices,
+)
 from napari_medgen3d._layers import (
     GEOMETRY_KEY,
     labels_style,
@@ -47,7 +56,6 @@ from napari_medgen3d._tooltips import TOOLTIPS
 if TYPE_CHECKING:
     import napari
 
-    from medgen3d.generate import GenerationSettings
     from medgen3d.io import Volume
     from medgen3d.model import GenerativeModel
 
@@ -72,21 +80,30 @@ class MedGen3DWidget(Container):
 
         self._model_name = ComboBox(choices=(*bundled_models(), OTHER_FILE), label="Model")
         self._model_file = FileEdit(mode="r", filter="*.pt", label="Model file", value="")
-        self._device = ComboBox(
-            choices=("auto", "cpu", "cuda", "mps"), value="auto", label="Device"
-        )
+        self._device = ComboBox(choices=choices(Device), value=Device.AUTO.value, label="Device")
         self._load = PushButton(text="Load model")
         self._info = Label(value="Model: not loaded yet")
-        self._seed = SpinBox(value=0, min=0, max=2**31 - 1, label="Seed")
-        self._depth_default = 64  # follows the model's typical depth until the user edits it
+        self._seed = SpinBox(value=DEFAULTS.seed, min=0, max=2**31 - 1, label="Seed")
+        # follows the model's typical depth until the user edits it
+        self._depth_default = DEFAULTS.depth
         self._depth = SpinBox(value=self._depth_default, min=1, max=4096, label="Depth (slices)")
         self._samples = SpinBox(value=1, min=1, max=64, label="Samples")
-        self._sampler = ComboBox(choices=("ddim", "rflow", "ddpm"), value="ddim", label="Sampler")
-        self._steps = SpinBox(value=25, min=1, max=1000, label="Steps")
-        self._strength = FloatSlider(
-            value=0.3, min=0.0, max=1.0, step=0.05, label="Refine strength"
+        self._sampler = ComboBox(
+            choices=choices(MaskSampler), value=DEFAULTS.sampler, label="Sampler"
         )
-        self._refine_steps = SpinBox(value=10, min=1, max=1000, label="Refine steps")
+        self._steps = SpinBox(value=DEFAULTS.steps, min=1, max=1000, label="Steps")
+        self._strength = FloatSlider(
+            value=DEFAULTS.refine_strength, min=0.0, max=1.0, step=0.05, label="Refine strength"
+        )
+        self._refine_steps = SpinBox(
+            value=DEFAULTS.refine_steps, min=1, max=1000, label="Refine steps"
+        )
+        self._refine_sampler = ComboBox(
+            choices=choices(RefineSampler), value=DEFAULTS.refine_sampler, label="Refine sampler"
+        )
+        self._guidance = FloatSpinBox(
+            value=DEFAULTS.guidance, min=0.0, max=20.0, step=0.5, label="Guidance"
+        )
         self._labels_layer = ComboBox(choices=self._layer_choices(Labels), label="Labels layer")
         self._image_layer = ComboBox(choices=self._layer_choices(Image), label="Image layer")
         self._generate_pair = PushButton(text="Generate pair")
@@ -116,6 +133,8 @@ class MedGen3DWidget(Container):
             "steps": self._steps,
             "refine_strength": self._strength,
             "refine_steps": self._refine_steps,
+            "refine_sampler": self._refine_sampler,
+            "guidance": self._guidance,
             "labels_layer": self._labels_layer,
             "image_layer": self._image_layer,
             "generate_pair": self._generate_pair,
@@ -427,8 +446,6 @@ class MedGen3DWidget(Container):
 
     # ---- layers ---------------------------------------------------------------------------
     def _settings(self) -> GenerationSettings:
-        from medgen3d.generate import GenerationSettings
-
         return GenerationSettings(
             seed=int(self._seed.value),
             depth=int(self._depth.value),
@@ -436,6 +453,8 @@ class MedGen3DWidget(Container):
             steps=int(self._steps.value),
             refine_strength=float(self._strength.value),
             refine_steps=int(self._refine_steps.value),
+            refine_sampler=str(self._refine_sampler.value),
+            guidance=float(self._guidance.value),
         )
 
     def _add_volume(self, volume: Volume, kind: str, name: str, settings: Any) -> None:

@@ -175,3 +175,19 @@ def test_controls_are_read_on_the_gui_thread(widget, qtbot) -> None:
     qtbot.waitUntil(lambda: "sample 0-0 labels" in viewer.layers, timeout=TIMEOUT_MS)
     _wait_idle(qtbot, w)
     assert read_in == [True]
+
+
+def test_cli_and_widget_take_their_defaults_from_the_settings(make_napari_viewer) -> None:
+    import dataclasses
+
+    from medgen3d.cli import build_parser
+    from medgen3d.settings import DEFAULTS
+    from napari_medgen3d._widget import MedGen3DWidget
+
+    cli = build_parser().parse_args(["generate", "--out", "x"])
+    widget = MedGen3DWidget(make_napari_viewer())._settings()
+    assert widget == DEFAULTS
+    for field in dataclasses.fields(DEFAULTS):
+        if field.name != "depth":  # the command line leaves the depth to the model
+            assert getattr(cli, field.name) == getattr(DEFAULTS, field.name), field.name
+    assert cli.depth is None

@@ -23,11 +23,11 @@ from typing import Any
 import numpy as np
 
 from medgen3d.evaluation.segmenter import Segmenter, dice_per_label
-from medgen3d.generate import GenerationSettings
 from medgen3d.model import GenerativeModel
 from medgen3d.pipeline import image_from_labels
 from medgen3d.progress import Progress, ProgressGenerator, map_reports
 from medgen3d.refine import RefineSettings
+from medgen3d.settings import GenerationSettings
 from medgen3d.train.bank import CaseBank
 
 __all__ = ["images_from_real_masks", "label_means"]
@@ -50,7 +50,7 @@ def images_from_real_masks(
 ) -> ProgressGenerator[dict[str, Any]]:
     """Turn the masks of real cases ``ids`` into images and compare (module docstring).
 
-    Uses the generation defaults of :class:`~medgen3d.generate.GenerationSettings` for the
+    Uses the generation defaults of :class:`~medgen3d.settings.GenerationSettings` for the
     refiner, so the figures describe what ``generate --masks`` gives.
 
     Returns:
