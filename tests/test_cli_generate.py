@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -242,3 +243,31 @@ def test_refiner_sampler_and_guidance_reach_the_refiner(
     assert (calls[1]["sampler"], calls[1]["guidance"]) == ("auto", 1.0)
     sidecar = json.loads((tmp_path / "a" / "sample_0000.json").read_text())
     assert sidecar["settings"]["refine_sampler"] == "ddpm"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_a_pair_is_written_leaves_nothing_and_a_rerun_works(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys, signum
+) -> None:
+    """The signal arrives while the image file is being written, after its label map."""
+    import medgen3d.generate
+
+    real_save = medgen3d.generate.save_volume
+
+    def interrupted_save(volume, path, **kwargs):
+        if volume.data.dtype == np.float32:  # the image, written second
+            os.kill(os.getpid(), signum)
+        return real_save(volume, path, **kwargs)
+
+    monkeypatch.setattr(medgen3d.generate, "save_volume", interrupted_save)
+    out = tmp_path / "out"
+    assert _generate(tiny_model, out) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == []  # no pair, no orphan, no .part file
+    monkeypatch.setattr(medgen3d.generate, "save_volume", real_save)
+    assert _generate(tiny_model, out) == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "sample_0000.json",
+        "sample_0000_image.nii.gz",
+        "sample_0000_label.nii.gz",
+    ]

@@ -8,11 +8,14 @@ else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import logging
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -533,14 +536,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        status = args.run(args)
+        with _sigterm_as_interrupt():
+            status = args.run(args)
     except InputError as exc:
         print(f"medgen3d {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"medgen3d {args.command}: interrupted", file=sys.stderr)
+        print(
+            f"medgen3d {args.command}: interrupted; files in progress were removed",
+            file=sys.stderr,
+        )
         return 130
     return status or 0
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM (a scheduler's kill, ``timeout``) into ``KeyboardInterrupt`` while a
+    command runs, so the clean-up of partly written outputs runs as it does on Ctrl-C."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set in the main thread
+        return
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import numpy as np
 
 from medgen3d import __version__
 from medgen3d.errors import InputError, OutputExistsError
-from medgen3d.io import Volume, atomic_output, is_nifti_path, load_volume, save_volume
+from medgen3d.io import Volume, atomic_outputs, is_nifti_path, load_volume, save_volume
 from medgen3d.model import GenerativeModel
 from medgen3d.pipeline import generate_images, image_from_mask, stage_seed
 from medgen3d.preprocessing import preprocess_pair, resample_like
@@ -271,7 +271,9 @@ def write_pair(
     """Write ``NAME_image.nii.gz`` (when there is an image), ``NAME_label.nii.gz`` and the
     ``NAME.json`` sidecar (seed, model hash, every setting, version, label table).
 
-    Nothing is written when any of the files exists and ``overwrite`` is false.
+    The files are written as a unit (:func:`~medgen3d.io.atomic_outputs`): an error or an
+    interruption leaves none of them, never an image without its label map. Nothing is
+    written when any of the files exists and ``overwrite`` is false.
 
     Raises:
         OutputExistsError: naming the first existing file.
@@ -298,13 +300,15 @@ def write_pair(
         "modality": None if model is None else model.data.preprocessing.window.modality,
         **(extra or {}),
     }
-    written = [save_volume(label, label_path, overwrite=overwrite, dtype=label.data.dtype)]
+    volumes = [(label, label_path, label.data.dtype)]
     if image is not None:
-        written.append(save_volume(image, image_path, overwrite=overwrite, dtype=np.float32))
-    with atomic_output(sidecar_path, overwrite=overwrite) as tmp:
-        tmp.write_text(json.dumps(sidecar, indent=2) + "\n")
-    written.append(sidecar_path)
-    return written
+        volumes.append((image, image_path, np.float32))
+    targets = [path for _, path, _ in volumes] + [sidecar_path]  # the sidecar completes it
+    with atomic_outputs(targets, overwrite=overwrite) as temporaries:
+        for (volume, _, dtype), tmp in zip(volumes, temporaries, strict=False):
+            save_volume(volume, tmp, overwrite=True, dtype=dtype)
+        temporaries[-1].write_text(json.dumps(sidecar, indent=2) + "\n")
+    return targets
 
 
 def _refine_settings(settings: GenerationSettings) -> RefineSettings:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -31,6 +31,7 @@ __all__ = [
     "NIFTI_SUFFIXES",
     "Volume",
     "atomic_output",
+    "atomic_outputs",
     "check_same_geometry",
     "is_nifti_path",
     "load_pair",
@@ -222,9 +223,48 @@ def atomic_output(path: str | Path, *, overwrite: bool = False) -> Iterator[Path
     Raises:
         OutputExistsError: when ``path`` exists and ``overwrite`` is false.
     """
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise OutputExistsError(path)
+    with atomic_outputs([path], overwrite=overwrite) as (tmp,):
+        yield tmp
+
+
+@contextlib.contextmanager
+def atomic_outputs(paths: Sequence[str | Path], *, overwrite: bool = False) -> Iterator[list[Path]]:
+    """:func:`atomic_output` for files that belong together (an image, its label map and
+    their sidecar): all are written to temporary names, and renamed onto ``paths`` only
+    when every one is written, in order (put the file that marks completion last).
+
+    On any error or interruption (``KeyboardInterrupt``, or ``SystemExit`` from a SIGTERM
+    handler) the temporary files are removed, and targets already renamed in this call are
+    removed again, so no half of a set is left behind.
+
+    Raises:
+        OutputExistsError: when a path exists and ``overwrite`` is false, before anything is
+            written.
+    """
+    paths = [Path(p) for p in paths]
+    for path in paths:
+        if path.exists() and not overwrite:
+            raise OutputExistsError(path)
+    with contextlib.ExitStack() as stack:
+        temporaries = [stack.enter_context(_temporary_beside(path)) for path in paths]
+        yield temporaries
+        renamed: list[Path] = []
+        try:
+            for tmp, path in zip(temporaries, paths, strict=True):
+                if path.exists() and not overwrite:  # appeared while we were writing
+                    raise OutputExistsError(path)
+                os.replace(tmp, path)
+                renamed.append(path)
+        except BaseException:
+            for path in renamed:
+                path.unlink(missing_ok=True)
+            raise
+
+
+@contextlib.contextmanager
+def _temporary_beside(path: Path) -> Iterator[Path]:
+    """A temporary file beside ``path`` with its suffixes and normal permissions; removed
+    on leaving unless it was renamed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
     fd, tmp_name = tempfile.mkstemp(
@@ -232,13 +272,10 @@ def atomic_output(path: str | Path, *, overwrite: bool = False) -> Iterator[Path
     )
     os.close(fd)
     tmp = Path(tmp_name)
+    # mkstemp creates the file private (0600); give it the permissions of a normal file
+    os.chmod(tmp, 0o666 & ~_current_umask())
     try:
         yield tmp
-        if path.exists() and not overwrite:  # appeared while we were writing
-            raise OutputExistsError(path)
-        # mkstemp creates the file private (0600); give it the permissions of a normal file
-        os.chmod(tmp, 0o666 & ~_current_umask())
-        os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
