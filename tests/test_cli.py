@@ -105,3 +105,43 @@ def test_console_script_and_module_entry_points(tmp_path: Path) -> None:
     )
     assert missing.returncode == 2
     assert f"{tmp_path / 'none'}: no such folder" in missing.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "problem"),
+    [
+        (["generate", "--out", "{file}"], "is a file, not a folder"),
+        (["generate", "--out", "{locked}/new"], "no write permission"),
+        (["phantom", "--out", "{locked}"], "no write permission"),
+        (["export", "--in", "{tmp}", "--out", "{file}", "--format", "msd"], "is a file"),
+        (["evaluate", "--real", "{tmp}", "--synthetic", "{tmp}", "--out", "{file}"], "is a file"),
+        (["pack-model", "--in", "{tmp}", "--out", "{file}"], "is a file"),
+        (
+            ["train", "masks", "--data", "{tmp}", "--config", "{file}", "--out", "{tmp}"],
+            "is a folder",
+        ),
+        (["check", "{tmp}", "--json", "{locked}/r.json"], "no write permission"),
+    ],
+)
+def test_unusable_outputs_are_refused_before_any_work(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    argv: list[str],
+    problem: str,
+) -> None:
+    import medgen3d.io
+
+    file = tmp_path / "taken.txt"
+    file.write_text("x")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    # root (as in CI) may write anywhere: the permission check itself is what is tested
+    real_access = medgen3d.io.os.access
+    monkeypatch.setattr(
+        medgen3d.io.os, "access", lambda p, mode: Path(p) != locked and real_access(p, mode)
+    )
+    filled = [a.format(file=file, locked=locked, tmp=tmp_path) for a in argv]
+    assert main(filled) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and problem in errors[0]

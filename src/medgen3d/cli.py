@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from medgen3d import __version__
 from medgen3d.errors import InputError
+from medgen3d.io import check_output_file, check_output_folder
 from medgen3d.settings import DEFAULTS, Device, MaskSampler, RefineSampler, choices
 
 __all__ = ["build_parser", "main"]
@@ -84,6 +85,7 @@ def _add_phantom(subparsers: argparse._SubParsersAction) -> None:
 def _run_phantom(args: argparse.Namespace) -> None:
     from medgen3d.phantom import write_phantoms
 
+    check_output_folder(args.out)
     if args.n < 1:
         raise InputError(f"-n must be at least 1, got {args.n}")
     progress, close = tqdm_progress("phantoms")
@@ -132,6 +134,7 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
 def _run_train(args: argparse.Namespace) -> None:
     from medgen3d.train.run import train_stage
 
+    check_output_file(args.out)
     progress, close = tqdm_progress(f"train {args.stage}", unit="step")
     try:
         train_stage(
@@ -233,6 +236,7 @@ def _run_generate(args: argparse.Namespace) -> None:
 
     if args.masks and (args.seed_mask or args.stage != "all"):
         raise InputError("--masks cannot be combined with --seed-mask or --stage masks")
+    check_output_folder(args.out)  # before loading the model, not after the work
     if args.n < 1:
         raise InputError(f"-n must be at least 1, got {args.n}")
     settings = GenerationSettings(
@@ -309,6 +313,7 @@ def _run_export(args: argparse.Namespace) -> None:
     from medgen3d.export import export_dataset
     from medgen3d.labels import LabelTable
 
+    check_output_folder(args.out)
     table = LabelTable.read(args.labels) if args.labels else None
     progress, close = tqdm_progress("export")
     try:
@@ -389,6 +394,7 @@ def _run_evaluate(args: argparse.Namespace) -> None:
     from medgen3d.progress import drain
     from medgen3d.runtime import resolve_device
 
+    check_output_folder(args.out)
     check_report_folder(args.out, args.overwrite)  # before the work, not after it
     device = resolve_device(args.device)
     model = load_model(args.model, device)
@@ -454,6 +460,8 @@ def _run_check(args: argparse.Namespace) -> int:
     from medgen3d.progress import drain
     from medgen3d.runtime import resolve_device
 
+    if args.json:
+        check_output_file(args.json)
     device = resolve_device(args.device)
     model = load_model(args.model)
     segmenter = Segmenter.load(args.segmenter, device) if args.segmenter else None
@@ -503,6 +511,7 @@ def _add_pack_model(subparsers: argparse._SubParsersAction) -> None:
 def _run_pack_model(args: argparse.Namespace) -> None:
     from medgen3d.model import pack_model
 
+    check_output_folder(args.out)
     for path in pack_model(args.source, args.out, overwrite=args.overwrite):
         log.info("wrote %s (%.1f MB)", path, path.stat().st_size / 1e6)
 

@@ -32,6 +32,8 @@ __all__ = [
     "Volume",
     "atomic_output",
     "atomic_outputs",
+    "check_output_file",
+    "check_output_folder",
     "check_same_geometry",
     "is_nifti_path",
     "load_pair",
@@ -225,6 +227,37 @@ def atomic_output(path: str | Path, *, overwrite: bool = False) -> Iterator[Path
     """
     with atomic_outputs([path], overwrite=overwrite) as (tmp,):
         yield tmp
+
+
+def check_output_folder(path: str | Path) -> None:
+    """Refuse an output folder that cannot be written, before any work starts.
+
+    Raises:
+        InputError: naming ``path``, when it is an existing file, or it (or the nearest
+            existing folder above it, where it would be created) is not writable.
+    """
+    check_output_location(path, folder=True)
+
+
+def check_output_file(path: str | Path) -> None:
+    """:func:`check_output_folder` for an output file: refuse an existing folder, or a
+    location whose folder cannot be written."""
+    check_output_location(path, folder=False)
+
+
+def check_output_location(path: str | Path, *, folder: bool) -> None:
+    path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        raise InputError("is a file, not a folder; choose a folder for the output", path)
+    if not folder and path.is_dir():
+        raise InputError("is a folder; give the path of the file to write", path)
+    existing = path if folder and path.is_dir() else path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"cannot be created: {existing} is a file", path)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"cannot be written: no write permission in {existing}", path)
 
 
 @contextlib.contextmanager
