@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from medgen3d.checkpoint import FORMAT, Checkpoint, load_checkpoint, save_checkpoint
+from medgen3d.checkpoint import (
+    FORMAT,
+    FORMAT_VERSION,
+    Checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from medgen3d.errors import InputError, OutputExistsError
 
 
@@ -126,3 +132,14 @@ def test_pickle_carrying_code_is_refused_and_never_runs(tmp_path: Path) -> None:
     # The same file does run code through an unrestricted unpickler: the test is meaningful.
     torch.load(path, weights_only=False)
     assert marker.exists()
+
+
+@pytest.mark.parametrize("missing", ["weights", "config", "stage"])
+def test_checkpoint_without_an_entry_is_a_clear_error(tmp_path: Path, missing: str) -> None:
+    payload = {"format": FORMAT, "version": FORMAT_VERSION, "stage": "masks", "config": {}}
+    payload["weights"] = {"network": {"w": torch.zeros(1)}}
+    del payload[missing]
+    torch.save(payload, tmp_path / "damaged.pt")
+    with pytest.raises(InputError, match=f"its '{missing}' entry is missing") as caught:
+        load_checkpoint(tmp_path / "damaged.pt")
+    assert caught.value.path == tmp_path / "damaged.pt"

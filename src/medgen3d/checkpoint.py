@@ -114,6 +114,9 @@ def load_checkpoint(path: str | Path, stage: str | None = None) -> Checkpoint:
             f"({FORMAT_VERSION}); upgrade medgen3d",
             path,
         )
+    for key, kind in (("stage", str), ("config", dict), ("weights", dict)):
+        if not isinstance(payload.get(key), kind):
+            raise InputError(f"damaged checkpoint: its {key!r} entry is missing or invalid", path)
     if stage is not None and payload.get("stage") != stage:
         raise InputError(f"holds the {payload.get('stage')!r} stage, not {stage!r}", path)
     return Checkpoint(
