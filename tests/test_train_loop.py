@@ -171,3 +171,15 @@ def test_init_from_keeps_fitting_tensors_and_refuses_another_stage(bank: CaseBan
     other["net"] = {"unrelated": torch.zeros(1)}
     with pytest.raises(InputError, match="shares no weights"):
         task.initialise_from(Checkpoint("images", {}, other))
+
+
+def test_anatomy_ranges_are_physical_extents_and_volumes(bank: CaseBank) -> None:
+    ranges = bank.anatomy_ranges((2.0, 1.0, 0.5), TABLE.names)
+    extents = []
+    for labels in bank.labels:
+        z, y, x = np.nonzero(labels)
+        extents.append([(np.ptp(a) + 1) * s for a, s in ((z, 2.0), (y, 1.0), (x, 0.5))])
+    np.testing.assert_allclose(ranges["extent_mm"]["min"], np.min(extents, axis=0))
+    np.testing.assert_allclose(ranges["extent_mm"]["max"], np.max(extents, axis=0))
+    heart = [np.count_nonzero(lab == TABLE.value_of("heart")) * 1e-3 for lab in bank.labels]
+    assert ranges["volume_ml"]["heart"] == pytest.approx([min(heart), max(heart)])

@@ -93,6 +93,33 @@ class CaseBank:
         depths = [image.shape[0] for image in self.images]
         return {"min": min(depths), "median": int(np.median(depths)), "max": max(depths)}
 
+    def anatomy_ranges(
+        self, spacing: Sequence[float] | None, names: Sequence[str]
+    ) -> dict[str, dict[str, list[float]]]:
+        """The physical size of the training anatomy, recorded in every checkpoint, so a
+        user's mask far from what the model has seen can be recognised as such.
+
+        Returns:
+            ``extent_mm``: per axis ``(z, y, x)``, min and max over cases of the labelled
+            region's extent; ``volume_ml``: per label name, min and max over the cases
+            holding it.
+        """
+        spacing = np.asarray(spacing if spacing is not None else (1.0, 1.0, 1.0), float)
+        extents, volumes = [], {name: [] for name in names[1:]}
+        for labels in self.labels:
+            where = np.argwhere(labels > 0)
+            if len(where):
+                extents.append((where.max(0) - where.min(0) + 1) * spacing)
+            counts = np.bincount(labels.ravel(), minlength=len(names))
+            for channel, name in enumerate(names[1:], start=1):
+                if counts[channel]:
+                    volumes[name].append(counts[channel] * spacing.prod() / 1000.0)
+        extent = np.stack(extents) if extents else np.zeros((1, 3))
+        return {
+            "extent_mm": {"min": extent.min(0).tolist(), "max": extent.max(0).tolist()},
+            "volume_ml": {n: [min(v), max(v)] for n, v in volumes.items() if v},
+        }
+
     def subset(self, ids: Sequence[int]) -> CaseBank:
         """The cases ``ids``, in that order."""
         return CaseBank(

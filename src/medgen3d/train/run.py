@@ -120,6 +120,7 @@ def _train(stage, data_dir, recipe, settings, out, runtime, resume, overwrite, p
             "steps": start.config.get("provenance", {}).get("steps"),
         },
         "depth": bank.depth_range(),
+        "anatomy": bank.anatomy_ranges(recipe.data.preprocessing.spacing, recipe.data.labels.names),
         "label_intensities": bank.label_intensities(
             recipe.data.preprocessing.window, recipe.data.labels.names
         ),
