@@ -271,3 +271,32 @@ def test_a_signal_while_a_pair_is_written_leaves_nothing_and_a_rerun_works(
         "sample_0000_image.nii.gz",
         "sample_0000_label.nii.gz",
     ]
+
+
+@pytest.mark.parametrize(
+    ("side", "extra", "status", "says"),
+    [
+        (12, [], 0, None),  # 24 mm: inside the training range
+        (8, [], 0, "the model was trained on 20-30 x 20-30 mm"),  # 16 mm: a warning
+        (4, [], 2, "--allow-out-of-range"),  # 8 mm: far below, refused
+        (4, ["--allow-out-of-range"], 0, "spans 8 x 8 mm"),
+    ],
+)
+def test_masks_far_from_the_training_anatomy_are_refused(
+    tmp_path: Path, caplog, capsys, side: int, extra: list[str], status: int, says: str | None
+) -> None:
+    anatomy = {"extent_mm": {"min": [30.0, 20.0, 20.0], "max": [60.0, 30.0, 30.0]}}
+    model = write_tiny_model(tmp_path / "model", provenance={"anatomy": anatomy})
+    labels = np.zeros((16, 16, 20), dtype=np.uint8)
+    labels[2 : 2 + side, 2 : 2 + side, 2:18] = 1
+    path = tmp_path / "organ.nii.gz"
+    nib.save(nib.Nifti1Image(labels, np.diag([2.0, 2.0, 3.0, 1.0])), path)
+    argv = ["generate", "--model", str(model), "--masks", str(path), *FAST, *extra]
+    with caplog.at_level("WARNING"):
+        assert main([*argv, "--out", str(tmp_path / "out")]) == status
+    said = caplog.text + capsys.readouterr().err
+    if says is None:
+        assert "trained on" not in said
+    else:
+        assert says in said and "organ.nii.gz" in said
+    assert (tmp_path / "out" / "organ_image.nii.gz").exists() == (status == 0)

@@ -214,6 +214,11 @@ def _add_generate(subparsers: argparse._SubParsersAction) -> None:
         "'source target' lines or a bundled mapping (e.g. freesurfer_to_brain_mri); by "
         "default masks in the model's table or its training data's convention are accepted",
     )
+    p.add_argument(
+        "--allow-out-of-range",
+        action="store_true",
+        help="generate from masks whose size is far from the model's training anatomy",
+    )
     p.add_argument("--stage", default="all", choices=("all", "masks"), help="masks: labels only")
     p.add_argument("--device", default=Device.AUTO.value, choices=choices(Device))
     p.add_argument("--overwrite", action="store_true", help="replace existing files")
@@ -263,6 +268,7 @@ def _run_generate(args: argparse.Namespace) -> None:
                 indices=runtime.shard(len(masks)),
                 overwrite=args.overwrite,
                 label_mapping=mapping,
+                allow_out_of_range=args.allow_out_of_range,
             )
             count = len(runtime.shard(len(masks)))
         else:

@@ -11,6 +11,7 @@ one affine. Each yields :class:`~medgen3d.progress.Progress` and returns its res
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ from medgen3d.settings import GenerationSettings
 __all__ = [
     "GeneratedPair",
     "GenerationSettings",
+    "check_mask_extent",
     "conform_labels",
     "generate_masks",
     "generate_pair",
@@ -47,6 +49,8 @@ __all__ = [
     "sample_seed",
     "write_pair",
 ]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -157,6 +161,62 @@ def image_from_masks(
             source=source,
         )
     )
+
+
+# A mask whose in-plane extent leaves [FAR_BELOW x smallest, FAR_ABOVE x largest] of the
+# training anatomy is refused; one just outside the training range gets a warning.
+FAR_BELOW, FAR_ABOVE = 0.5, 2.0
+
+
+def check_mask_extent(
+    model: GenerativeModel, label: Volume, source: str | Path | None, *, allow: bool = False
+) -> str | None:
+    """Compare the labelled region's in-plane size with the training anatomy's.
+
+    A model only knows anatomy of the sizes it was trained on: a mask written with wrong
+    voxel sizes, or of one small organ taken for a whole body, gives an image with tissues
+    at the wrong intensities. The extent along z is not compared (a mask may cover part of
+    a body). Models that did not record their training anatomy are not checked.
+
+    Returns:
+        A warning when the extent is outside the training range but within
+        ``[FAR_BELOW x min, FAR_ABOVE x max]``, else ``None``.
+
+    Raises:
+        InputError: naming ``source``, its extent and the model's, when it is beyond that
+            (unless ``allow``).
+    """
+    anatomy = _recorded_anatomy(model)
+    where = np.argwhere(label.data > 0)
+    if anatomy is None or not len(where):
+        return None
+    spacing = np.asarray(label.spacing, float)
+    extent = ((where.max(0) - where.min(0) + 1) * spacing)[1:]
+    low = np.asarray(anatomy["extent_mm"]["min"][1:])
+    high = np.asarray(anatomy["extent_mm"]["max"][1:])
+    described = (
+        f"its labelled region spans {extent[0]:.0f} x {extent[1]:.0f} mm in-plane (y x); "
+        f"the model was trained on {low[0]:.0f}-{high[0]:.0f} x {low[1]:.0f}-{high[1]:.0f} mm"
+    )
+    if np.any(extent < FAR_BELOW * low) or np.any(extent > FAR_ABOVE * high):
+        if not allow:
+            raise InputError(
+                f"{described}: check its voxel sizes and label values, or pass "
+                "--allow-out-of-range to generate anyway",
+                source,
+            )
+        return f"{source}: {described}"
+    if np.any(extent < low) or np.any(extent > high):
+        return f"{source}: {described}"
+    return None
+
+
+def _recorded_anatomy(model: GenerativeModel) -> dict[str, Any] | None:
+    for checkpoint in model.checkpoints.values():
+        anatomy = checkpoint.config.get("provenance", {}).get("anatomy")
+        if anatomy:
+            return anatomy
+    return None
 
 
 def conform_labels(
@@ -401,12 +461,15 @@ def images_for_mask_files(
     indices: Iterable[int] | None = None,
     overwrite: bool = False,
     label_mapping: Mapping[int, int] | None = None,
+    allow_out_of_range: bool = False,
 ) -> Iterator[tuple[int, ProgressGenerator[list[Path]]]]:
     """Like :func:`generate_samples` for "image from your own mask": pair ``i`` is
     ``NAME_image.nii.gz`` (on the mask's grid), the mask in the model's label values as
     ``NAME_label.nii.gz`` and ``NAME.json``, where ``NAME`` is the mask file's name without
     its suffix and a trailing ``_label`` (``CASE_label.nii.gz`` gives ``CASE_image.nii.gz``).
-    ``label_mapping`` translates masks in the user's own convention (:func:`conform_labels`).
+    ``label_mapping`` translates masks in the user's own convention (:func:`conform_labels`);
+    masks far from the training anatomy are refused (:func:`check_mask_extent`) unless
+    ``allow_out_of_range``.
     """
     indices = list(range(len(masks)) if indices is None else indices)
     names = [
@@ -419,6 +482,9 @@ def images_for_mask_files(
 
     def one(i: int) -> ProgressGenerator[list[Path]]:
         label = conform_labels(model, load_volume(masks[i], "label"), masks[i], label_mapping)
+        warning = check_mask_extent(model, label, masks[i], allow=allow_out_of_range)
+        if warning:
+            log.warning("%s", warning)
         seeded = settings.with_seed(sample_seed(settings.seed, i))
         image = yield from image_from_masks(model, label, seeded, source=masks[i])
         return write_pair(
