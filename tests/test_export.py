@@ -66,7 +66,9 @@ def test_nnunet_renumbers_a_table_with_gaps(tmp_path: Path) -> None:
     label = load_volume(label_path, "label")
     save_volume(label.with_data(label.data * 10), label_path, overwrite=True)
     manifest = json.loads(
-        export_dataset(source, tmp_path / "ds", "nnunet", table=gappy).read_text()
+        export_dataset(
+            source, tmp_path / "ds", "nnunet", table=gappy, channel_name="CT"
+        ).read_text()
     )
     assert manifest["labels"]["spine"] == 8
     exported = load_volume(tmp_path / "ds" / "labelsTr" / "sample_0000.nii.gz", "label").data
@@ -104,3 +106,30 @@ def test_cli_export(tmp_path: Path) -> None:
         == 0
     )
     assert (tmp_path / "ds" / "dataset.json").is_file()
+
+
+def test_overwrite_replaces_the_whole_dataset(tmp_path: Path) -> None:
+    export_dataset(_generated_folder(tmp_path / "three", n=3), tmp_path / "ds", "nnunet")
+    one = _generated_folder(tmp_path / "one", n=1)
+    with pytest.raises(OutputExistsError):
+        export_dataset(one, tmp_path / "ds", "nnunet")
+    export_dataset(one, tmp_path / "ds", "nnunet", overwrite=True)
+    manifest = json.loads((tmp_path / "ds" / "dataset.json").read_text())
+    assert manifest["numTraining"] == 1
+    assert sorted(p.name for p in (tmp_path / "ds" / "imagesTr").iterdir()) == [
+        "sample_0000_0000.nii.gz"
+    ]
+    # nothing left beside it: no staging or retired folder
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "one", "three"]
+
+
+def test_channel_name_comes_from_the_sidecar_or_the_user(tmp_path: Path) -> None:
+    source = _generated_folder(tmp_path / "gen", sidecar=False)
+    with pytest.raises(InputError, match="--channel-name"):
+        export_dataset(source, tmp_path / "ds", "nnunet", table=PHANTOM_TABLE)
+    export_dataset(source, tmp_path / "ds", "nnunet", table=PHANTOM_TABLE, channel_name="T1")
+    manifest = json.loads((tmp_path / "ds" / "dataset.json").read_text())
+    assert manifest["channel_names"] == {"0": "T1"}
+    with_sidecars = _generated_folder(tmp_path / "ct")
+    export_dataset(with_sidecars, tmp_path / "ds2", "msd")
+    assert json.loads((tmp_path / "ds2" / "dataset.json").read_text())["modality"] == {"0": "CT"}

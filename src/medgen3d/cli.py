@@ -311,7 +311,14 @@ def _add_export(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--format", required=True, choices=("nnunet", "msd"))
     p.add_argument("--labels", help="label table file (default: from the sidecar JSON)")
     p.add_argument("--name", default="MedGen3DSynthetic", help="dataset name in dataset.json")
-    p.add_argument("--overwrite", action="store_true", help="write into a non-empty folder")
+    p.add_argument(
+        "--channel-name",
+        help="the image channel's name in dataset.json, e.g. CT or T1 (default: the "
+        "modality recorded in the sidecars)",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing dataset in --out wholly"
+    )
     p.set_defaults(run=_run_export)
 
 
@@ -329,6 +336,7 @@ def _run_export(args: argparse.Namespace) -> None:
             args.format,
             table=table,
             name=args.name,
+            channel_name=args.channel_name,
             overwrite=args.overwrite,
             progress=progress,
         )

@@ -10,9 +10,12 @@ model, seed and settings that made it.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -42,6 +45,7 @@ def export_dataset(
     *,
     table: LabelTable | None = None,
     name: str = "MedGen3DSynthetic",
+    channel_name: str | None = None,
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> Path:
@@ -55,7 +59,10 @@ def export_dataset(
             or ``"msd"`` (``CASE.nii.gz`` images, label values as they are).
         table: label names; by default the table recorded in the first sidecar.
         name: the dataset's name in ``dataset.json``.
-        overwrite: write into a non-empty folder, replacing files of the same name.
+        channel_name: the image channel's name (``CT``, ``T1``...); by default the modality
+            recorded in the sidecars.
+        overwrite: replace an existing dataset in ``out`` wholly (it is swapped for the new
+            one only once that is complete; nothing of the old one is kept).
         progress: ``progress(done, total)`` after each case.
 
     Returns:
@@ -63,7 +70,8 @@ def export_dataset(
 
     Raises:
         InputError: naming the file, for unreadable or mismatched pairs, label values
-            outside the table, no table to be found, or a non-empty ``out``.
+            outside the table, no table or channel name to be found, or a non-empty
+            ``out``.
     """
     if export_format not in EXPORT_FORMATS:
         raise InputError(f"unknown format {export_format!r}; choose from {EXPORT_FORMATS}")
@@ -73,18 +81,40 @@ def export_dataset(
     cases = discover_pairs(source)
     sidecars = {case.name: _read_sidecar(case) for case in cases}
     table = table or _table_from_sidecars(sidecars, Path(source))
+    channel_name = channel_name or _modality(sidecars, Path(source))
     renumber = export_format == "nnunet" and table.values != tuple(range(len(table)))
     for case in cases:  # every pair is checked before the first file is written
         _, label = load_pair(case.image, case.label)
         table.check_values(label.data, case.label)
-    for i, case in enumerate(cases):
-        _export_case(case, out, export_format, table, renumber)
-        if sidecars[case.name] is not None:
-            _write_json(out / "provenance" / f"{case.name}.json", sidecars[case.name])
-        if progress is not None:
-            progress(i + 1, len(cases))
-    manifest = _dataset_json(cases, export_format, table, renumber, name, sidecars)
-    return _write_json(out / "dataset.json", manifest)
+    with _fresh_folder(out) as staging:
+        for i, case in enumerate(cases):
+            _export_case(case, staging, export_format, table, renumber)
+            if sidecars[case.name] is not None:
+                _write_json(staging / "provenance" / f"{case.name}.json", sidecars[case.name])
+            if progress is not None:
+                progress(i + 1, len(cases))
+        manifest = _dataset_json(cases, export_format, table, renumber, name, channel_name)
+        _write_json(staging / "dataset.json", manifest)
+    return out / "dataset.json"
+
+
+@contextlib.contextmanager
+def _fresh_folder(out: Path) -> Iterator[Path]:
+    """A staging folder beside ``out`` that replaces it wholly once the block succeeds;
+    on failure it is removed and ``out`` is left as it was."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent))
+    try:
+        yield staging
+        if out.exists():
+            retired = out.with_name(f".{out.name}.replaced-{staging.name}")
+            os.replace(out, retired)
+            os.replace(staging, out)
+            shutil.rmtree(retired)
+        else:
+            os.replace(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _export_case(
@@ -108,14 +138,12 @@ def _dataset_json(
     table: LabelTable,
     renumber: bool,
     name: str,
-    sidecars: dict[str, dict | None],
+    modality: str,
 ) -> dict:
-    modality = _modality(sidecars)
     provenance = {
         "generator": f"medgen3d {__version__}",
         "label_values_renumbered": renumber,
         "source_label_values": list(table.values),
-        "cases_with_sidecar": sum(s is not None for s in sidecars.values()),
     }
     if export_format == "nnunet":
         values = range(len(table)) if renumber else table.values
@@ -161,11 +189,13 @@ def _table_from_sidecars(sidecars: dict[str, dict | None], source: Path) -> Labe
     raise InputError("no sidecar JSON records a label table; pass --labels TABLE", source)
 
 
-def _modality(sidecars: dict[str, dict | None]) -> str:
+def _modality(sidecars: dict[str, dict | None], source: Path) -> str:
     for sidecar in sidecars.values():
-        if sidecar is not None and "modality" in sidecar:
+        if sidecar is not None and sidecar.get("modality"):
             return str(sidecar["modality"]).upper()
-    return "CT"
+    raise InputError(
+        "no sidecar JSON records the modality; pass --channel-name (e.g. CT or T1)", source
+    )
 
 
 def _copy(src: Path, dst: Path) -> None:
