@@ -12,7 +12,14 @@ import pytest
 from nibabel.orientations import axcodes2ornt
 
 from medgen3d.errors import InputError, OutputExistsError
-from medgen3d.io import Volume, atomic_output, load_pair, load_volume, save_volume
+from medgen3d.io import (
+    Volume,
+    atomic_output,
+    load_pair,
+    load_volume,
+    load_volume_any,
+    save_volume,
+)
 
 ORIGIN = (-30.5, 12.25, 40.0)
 RAW_SHAPE = (5, 6, 7)  # on-disk (i, j, k); all different so that a wrong permutation shows
@@ -515,3 +522,30 @@ def test_written_files_get_normal_permissions(tmp_path: Path) -> None:
     finally:
         os.umask(mask)
     assert stat.S_IMODE((tmp_path / "out.txt").stat().st_mode) == 0o644
+
+
+def test_an_8_bit_mri_without_a_telling_name_opens_as_an_image(tmp_path, shared_data):
+    flair = nib.load(shared_data / "mri_flair_oblique" / "image.nii.gz")
+    assert np.asarray(flair.dataobj).dtype == np.uint8  # whole numbers, < 256 values
+    nib.save(flair, tmp_path / "scan.nii.gz")
+    assert load_volume_any(tmp_path / "scan.nii.gz")[1] == "image"
+
+
+@pytest.mark.parametrize("name", ["case.nii.gz", "case_seg.nii.gz"])
+def test_a_float_typed_label_map_opens_as_labels(tmp_path, name):
+    labels = np.zeros((20, 20, 10), np.float32)  # BraTS-2013 style: 0-4 stored as float
+    labels[2:18, 3:17, 1:9] = 2.0
+    labels[6:12, 6:12, 3:6] = 4.0
+    nib.save(nib.Nifti1Image(labels, np.eye(4)), tmp_path / name)
+    volume, kind = load_volume_any(tmp_path / name)
+    assert kind == "label" and volume.data.dtype.kind == "u"
+    assert set(np.unique(volume.data).tolist()) == {0, 2, 4}
+
+
+def test_file_names_decide_before_content(tmp_path):
+    noisy = np.random.default_rng(0).integers(0, 5, (12, 12, 6)).astype(np.uint8)
+    for name, kind in (("x_label.nii.gz", "label"), ("x_image.nii.gz", "image")):
+        nib.save(nib.Nifti1Image(noisy, np.eye(4)), tmp_path / name)
+        assert load_volume_any(tmp_path / name)[1] == kind
+    nib.save(nib.Nifti1Image(noisy, np.eye(4)), tmp_path / "x.nii.gz")
+    assert load_volume_any(tmp_path / "x.nii.gz")[1] == "image"  # not piecewise constant

@@ -356,18 +356,51 @@ def _check_label_values(data: np.ndarray, path: Path) -> np.ndarray:
     return data.astype(np.uint8 if high <= np.iinfo(np.uint8).max else np.uint16)
 
 
-def load_volume_any(path: str | Path, max_labels: int = 256) -> tuple[Volume, VolumeKind]:
-    """Read a NIfTI file as a label map or an image, judged by its content.
+# Words in a file name that mark a label map (``CASE_label``, ``aseg``, ``aparc+aseg``,
+# ``tumor_seg``, ``brain_mask``, ``parcellation``) or an image.
+_LABEL_NAME_HINTS = ("label", "seg", "parc", "mask", "annot")
+_IMAGE_NAME_HINTS = ("image", "t1", "t2", "flair", "dwi", "_ct", "ct_", "img")
+# Share of neighbouring foreground voxels with the same value above which a volume is
+# piecewise constant, as label maps are (images, even 8-bit MRI, vary voxel to voxel).
+_PIECEWISE_CONSTANT = 0.8
 
-    A file stored with an integer data type, holding only non-negative values and at most
-    ``max_labels`` distinct ones, is a label map; anything else is an image. This is the
-    choice a viewer makes when a user drops a file on it.
+
+def load_volume_any(path: str | Path, max_labels: int = 256) -> tuple[Volume, VolumeKind]:
+    """Read a NIfTI file as a label map or an image, the choice a viewer makes when a user
+    drops a file on it.
+
+    The file's name decides first (``_label``, ``seg``, ``aseg``, ``parc``, ``mask`` mark a
+    label map; ``_image``, ``T1``, ``FLAIR``, ``CT`` an image), then its content: a label
+    map holds non-negative whole numbers (in any data type: float-typed label maps are
+    common) with at most ``max_labels`` distinct values, and is piecewise constant. That
+    last test keeps an 8-bit MRI, whose few hundred grey levels are whole numbers too, an
+    image.
     """
+    path = Path(path)
     volume = load_volume(path, "image")
-    header = volume.header
-    stored_integer = header is not None and np.dtype(header.get_data_dtype()).kind in "iu"
-    if stored_integer and volume.data.min() >= 0:
-        values = np.unique(volume.data)
-        if values.size <= max_labels and np.array_equal(values, np.round(values)):
-            return volume.with_data(_check_label_values(volume.data, Path(path))), "label"
+    data = volume.data
+    name = path.name.lower().removesuffix(".gz").removesuffix(".nii")
+    if not _whole_non_negative(data):
+        return volume, "image"
+    if any(hint in name for hint in _LABEL_NAME_HINTS):
+        return volume.with_data(_check_label_values(data, path)), "label"
+    if any(hint in name for hint in _IMAGE_NAME_HINTS):
+        return volume, "image"
+    if np.unique(data).size <= max_labels and _piecewise_constant(data):
+        return volume.with_data(_check_label_values(data, path)), "label"
     return volume, "image"
+
+
+def _whole_non_negative(data: np.ndarray) -> bool:
+    return bool(
+        np.isfinite(data).all() and data.min() >= 0 and np.array_equal(data, np.round(data))
+    )
+
+
+def _piecewise_constant(data: np.ndarray) -> bool:
+    """Whether neighbouring voxels along x that are not both zero mostly share a value."""
+    left, right = data[..., :-1], data[..., 1:]
+    foreground = (left != 0) | (right != 0)
+    if not foreground.any():
+        return True
+    return bool(np.mean(left[foreground] == right[foreground]) > _PIECEWISE_CONSTANT)
