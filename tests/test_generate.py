@@ -193,3 +193,18 @@ def test_model_folder_loads_packs_and_rejects_mismatched_stages(
         load_model(folder)
     with pytest.raises(InputError, match="no such model"):
         load_model(tmp_path / "absent")
+
+
+def test_a_folder_of_pairs_gives_its_label_maps_as_masks(tmp_path) -> None:
+    from medgen3d.generate import mask_files
+
+    for name in ("a_image", "a_label", "b_label", "c_image", "notes"):
+        (tmp_path / f"{name}.nii.gz").write_bytes(b"")
+    (tmp_path / "a.json").write_text("{}")
+    # c_image has no label partner: it may be a mask named so by its user, and stays
+    assert [p.name for p in mask_files(tmp_path)] == [
+        "a_label.nii.gz",
+        "b_label.nii.gz",
+        "c_image.nii.gz",
+        "notes.nii.gz",
+    ]

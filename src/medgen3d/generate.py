@@ -472,9 +472,7 @@ def images_for_mask_files(
     ``allow_out_of_range``.
     """
     indices = list(range(len(masks)) if indices is None else indices)
-    names = [
-        Path(m).name.removesuffix(".gz").removesuffix(".nii").removesuffix("_label") for m in masks
-    ]
+    names = [_stem(Path(m)).removesuffix("_label") for m in masks]
     for i in indices:
         for target in pair_paths(out, names[i]):
             if target.exists() and not overwrite:
@@ -503,13 +501,23 @@ def images_for_mask_files(
 
 
 def mask_files(path: str | Path) -> list[Path]:
-    """The label files given as ``--masks``: one NIfTI file, or every NIfTI file in a folder."""
+    """The label files given as ``--masks``: one NIfTI file, or every NIfTI file in a folder
+    (only the label maps of a folder of pairs)."""
     path = Path(path)
     if path.is_file():
         return [path]
     if not path.is_dir():
         raise InputError("no such mask file or folder", path)
     found = sorted(p for p in path.iterdir() if is_nifti_path(p) and not p.name.startswith("."))
+    # In a folder of pairs (CASE_image + CASE_label, as generate writes), the images are
+    # not masks: take the label maps only.
+    labels = [p for p in found if _stem(p).endswith("_label")]
+    partners = {_stem(p).removesuffix("_label") for p in labels}
+    found = [p for p in found if not (_stem(p).endswith("_image") and _stem(p)[:-6] in partners)]
     if not found:
         raise InputError("holds no .nii or .nii.gz label files", path)
     return found
+
+
+def _stem(path: Path) -> str:
+    return path.name.removesuffix(".gz").removesuffix(".nii")
