@@ -291,3 +291,18 @@ def test_evaluate_runs_images_from_real_masks_with_the_model(
     assert "## Images from real masks" in (tmp_path / "report" / "report.md").read_text()
     with pytest.raises(InputError, match="need the model"):
         drain(evaluate(real, real, DATA, settings, segmenter=segmenter))
+
+
+def test_check_judges_the_background_on_the_pairs_own_grid(real: Path, ranges) -> None:
+    """On a model grid larger than the pair, padding (air) would dominate the background
+    and let a background of noise at -572 HU pass."""
+    padded_model = dataclasses.replace(
+        DATA, preprocessing=dataclasses.replace(DATA.preprocessing, size=(96, 96))
+    )
+    case = discover_pairs(real)[0]
+    image, label = load_pair(case.image, case.label)
+    assert check_pair(image, label, padded_model, ranges).ok
+    noise = np.random.default_rng(0).normal(-572.0, 40.0, image.shape)
+    noisy = image.with_data(np.where(label.data == 0, noise, image.data).astype(np.float32))
+    result = check_pair(noisy, label, padded_model, ranges)
+    assert [p.split(":")[0] for p in result.problems] == ["background"]

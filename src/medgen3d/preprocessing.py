@@ -60,6 +60,13 @@ class IntensityWindow:
             return ScaleIntensityRanged(key, self.low, self.high, -1.0, 1.0, clip=True)
         return ScaleIntensityRangePercentilesd(key, self.low, self.high, -1.0, 1.0, clip=True)
 
+    def normalise(self, image: np.ndarray) -> np.ndarray:
+        """``image`` (physical units) on the model's ``[-1, 1]`` scale, on its own grid."""
+        scaled = self.transform("image")(
+            {"image": torch.as_tensor(image[None], dtype=torch.float32)}
+        )
+        return np.asarray(scaled["image"][0], dtype=np.float32)
+
     def to_physical(self, normalised: np.ndarray) -> np.ndarray:
         """Model intensities in ``[-1, 1]`` to HU (CT) or ``[0, 1]`` (MRI), float32."""
         unit = (np.clip(normalised, -1.0, 1.0) + 1.0) / 2.0

@@ -152,13 +152,17 @@ def check_pair(
         InputError: when the label map holds values the model's table does not.
     """
     data.labels.check_values(label.data, source)
-    image, label = preprocess_pair(image, label, data.preprocessing)
-    channels = data.labels.to_channels(label.data)
     names = data.labels.names
+    # Intensities are judged on the pair's own grid: on the model's grid, padding (air)
+    # would join the background and hide a background that is not air.
+    channels = data.labels.to_channels(label.data)
+    window = data.preprocessing.window
+    physical = window.to_physical(window.normalise(image.data))
     dice = None
     if segmenter is not None:
-        dice = dice_per_label(segmenter.predict(image.data), channels, len(names))
-    physical = data.preprocessing.window.to_physical(image.data)
+        on_grid, label_on_grid = preprocess_pair(image, label, data.preprocessing)
+        labels_on_grid = data.labels.to_channels(label_on_grid.data)
+        dice = dice_per_label(segmenter.predict(on_grid.data), labels_on_grid, len(names))
     checks, problems = [], []
     for channel, label_name in enumerate(names):
         voxels = physical[channels == channel]
