@@ -300,3 +300,16 @@ def test_masks_far_from_the_training_anatomy_are_refused(
     else:
         assert says in said and "organ.nii.gz" in said
     assert (tmp_path / "out" / "organ_image.nii.gz").exists() == (status == 0)
+
+
+def test_seed_mask_at_another_spacing_is_refused(
+    tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    seeds = np.zeros((10, 16, 16), dtype=np.uint8)
+    seeds[4, 2:14, 2:14] = 1
+    path = save_volume(Volume(seeds, np.diag([1.0, 1.0, 5.0, 1.0])), tmp_path / "seeds.nii.gz")
+    out = tmp_path / "out"
+    assert _generate(tiny_model, out, "--seed-mask", str(path), "--stage", "masks") == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "spacing 5 x 1 x 1 mm" in errors[0]
+    assert not out.exists() or not any(out.iterdir())

@@ -397,11 +397,21 @@ def _model_size(data: DataSpec) -> tuple[int, int]:
 
 
 def _check_in_plane(seeds: Volume, data: DataSpec) -> None:
+    """Seeds are kept voxel for voxel, so they must lie on the model's grid: its in-plane
+    size and its spacing (a mask at another spacing would be drawn at the wrong scale)."""
     size = _model_size(data)
     if seeds.shape[1:] != size:
         raise InputError(
             f"the seed mask's in-plane size {seeds.shape[1:]} differs from the model's {size}; "
             "paint seeds on a volume of the model's size (e.g. one it generated)"
+        )
+    spacing = data.preprocessing.spacing
+    if spacing is not None and not np.allclose(seeds.spacing, spacing, rtol=0.01):
+        given = " x ".join(f"{s:g}" for s in seeds.spacing)
+        raise InputError(
+            f"the seed mask's spacing {given} mm (z, y, x) differs from the model's "
+            f"{' x '.join(f'{s:g}' for s in spacing)} mm; paint seeds on a volume the model "
+            "generated"
         )
 
 
