@@ -40,6 +40,7 @@ __all__ = [
     "load_volume",
     "load_volume_any",
     "save_volume",
+    "stored_form",
 ]
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -142,7 +143,11 @@ def load_volume(path: str | Path, kind: VolumeKind = "image") -> Volume:
         raise InputError(f"cannot be read as NIfTI ({type(exc).__name__}: {exc})", path) from exc
     data = np.ascontiguousarray(raw.transpose(2, 1, 0))
     data = _check_label_values(data, path) if kind == "label" else _check_image_values(data, path)
-    return Volume(data, canonical.affine.copy(), source_axcodes, img.header.copy())
+    header = img.header.copy()
+    # nibabel moves the scale factors from the header into the data proxy on loading; put
+    # them back, so the header says how the file stored its values (see stored_form)
+    header.set_slope_inter(getattr(img.dataobj, "slope", 1.0), getattr(img.dataobj, "inter", 0.0))
+    return Volume(data, canonical.affine.copy(), source_axcodes, header)
 
 
 def load_pair(image_path: str | Path, label_path: str | Path) -> tuple[Volume, Volume]:
@@ -183,6 +188,7 @@ def save_volume(
     *,
     overwrite: bool = False,
     dtype: np.dtype | type | None = None,
+    scaling: tuple[float, float] = (1.0, 0.0),
 ) -> Path:
     """Write a volume as NIfTI in its source orientation, atomically.
 
@@ -191,6 +197,8 @@ def save_volume(
         path: destination ending in ``.nii`` or ``.nii.gz``.
         overwrite: replace an existing file; otherwise an existing file is an error.
         dtype: on-disk data type; defaults to the data's own.
+        scaling: ``(slope, intercept)`` of the NIfTI header: the data are stored as
+            ``(value - intercept) / slope`` in ``dtype`` (see :func:`stored_form`).
 
     Returns:
         The written path.
@@ -198,7 +206,11 @@ def save_volume(
     path = Path(path)
     if not is_nifti_path(path):
         raise InputError("output name must end in .nii or .nii.gz", path)
-    data = volume.data if dtype is None else volume.data.astype(dtype)
+    slope, intercept = scaling
+    data = volume.data if scaling == (1.0, 0.0) else (volume.data - intercept) / slope
+    if dtype is not None and np.dtype(dtype).kind in "iu" and data.dtype.kind == "f":
+        data = np.rint(data)
+    data = data if dtype is None else data.astype(dtype)
     header = volume.header.copy() if volume.header is not None else None
     xyz = np.ascontiguousarray(data.transpose(2, 1, 0))
     canonical = nib.Nifti1Image(xyz, volume.affine, header)
@@ -208,11 +220,37 @@ def save_volume(
     out = canonical.as_reoriented(to_source)
     out.set_sform(out.affine, code=1)
     out.set_qform(out.affine, code=1)
-    # Data are stored exactly as given: no scaling, so labels and floats round-trip.
-    out.header.set_slope_inter(1.0, 0.0)
+    # Unscaled unless asked: labels and floats round-trip exactly.
+    out.header.set_slope_inter(slope, intercept)
     with atomic_output(path, overwrite=overwrite) as tmp:
         nib.save(out, tmp)
     return path
+
+
+def stored_form(volume: Volume) -> tuple[np.dtype, tuple[float, float]] | None:
+    """The on-disk data type and ``(slope, intercept)`` of the file ``volume`` was read
+    from, when its values (perhaps edited) still fit them exactly; ``None`` otherwise.
+
+    Saving in the source's form keeps an int16 CT int16 and an 8-bit MRI with a scale
+    factor as it was, instead of widening both to float32.
+    """
+    header = volume.header
+    if header is None:
+        return None
+    dtype = np.dtype(header.get_data_dtype())
+    slope, intercept = header.get_slope_inter()
+    slope = 1.0 if slope is None or not np.isfinite(slope) or slope == 0 else float(slope)
+    intercept = 0.0 if intercept is None or not np.isfinite(intercept) else float(intercept)
+    if dtype.kind == "f":
+        return dtype, (slope, intercept)
+    if dtype.kind not in "iu":
+        return None
+    raw = (volume.data.astype(np.float64) - intercept) / slope
+    info = np.iinfo(dtype)
+    fits = raw.min() >= info.min and raw.max() <= info.max
+    if not fits or not np.allclose(raw, np.rint(raw), atol=1e-3):
+        return None
+    return dtype, (slope, intercept)
 
 
 @contextlib.contextmanager

@@ -106,3 +106,26 @@ def test_labels_of_a_generated_pair_get_the_sidecar_names(tmp_nifti, tmp_path: P
     assert list(kwargs["features"]["name"]) == list(PHANTOM_TABLE.names)
     heart = PHANTOM_TABLE.labels[4].rgba
     np.testing.assert_allclose(kwargs["colormap"].color_dict[4], heart)
+
+
+def test_saving_keeps_the_files_data_type_and_scaling(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    ct = rng.integers(-1024, 2000, (12, 10, 8)).astype(np.int16)
+    mr = nib.Nifti1Image(rng.integers(0, 256, (12, 10, 8)).astype(np.uint8), np.eye(4))
+    mr.header.set_slope_inter(0.5, 10.0)
+    nib.save(nib.Nifti1Image(ct, np.eye(4)), tmp_path / "ct_image.nii.gz")
+    nib.save(mr, tmp_path / "mr_image.nii.gz")
+    for name, dtype, scaling in (("ct", np.int16, (1.0, 0.0)), ("mr", np.uint8, (0.5, 10.0))):
+        path = str(tmp_path / f"{name}_image.nii.gz")
+        [(data, kwargs, _)] = get_reader(path)(path)
+        meta = _layer_meta(kwargs)
+        out = tmp_path / f"{name}_saved.nii.gz"
+        write_image(str(out), data, meta)
+        saved = nib.load(out)
+        assert saved.get_data_dtype() == dtype
+        assert (saved.dataobj.slope, saved.dataobj.inter) == scaling
+        original = nib.load(tmp_path / f"{name}_image.nii.gz")
+        np.testing.assert_array_equal(saved.get_fdata(), original.get_fdata())
+        # values that no longer fit the stored form are saved as float32
+        write_image(str(out), np.asarray(data) + 0.25, meta)
+        assert nib.load(out).get_data_dtype() == np.float32
