@@ -306,3 +306,16 @@ def test_check_judges_the_background_on_the_pairs_own_grid(real: Path, ranges) -
     noisy = image.with_data(np.where(label.data == 0, noise, image.data).astype(np.float32))
     result = check_pair(noisy, label, padded_model, ranges)
     assert [p.split(":")[0] for p in result.problems] == ["background"]
+
+
+def test_check_translates_label_maps_with_a_mapping(real: Path, ranges, tmp_path: Path) -> None:
+    case = discover_pairs(real)[0]
+    image, label = load_pair(case.image, case.label)
+    save_volume(image, tmp_path / "x_image.nii.gz")
+    save_volume(label.with_data(label.data + 100), tmp_path / "x_label.nii.gz")
+    pairs = discover_pairs(tmp_path)
+    with pytest.raises(InputError, match="x_label.nii.gz: label values 100"):
+        drain(check_pairs(pairs, DATA, ranges))
+    mapping = {100 + v: v for v in DATA.labels.values}
+    [result] = drain(check_pairs(pairs, DATA, ranges, label_mapping=mapping))
+    assert result.ok and {c.name for c in result.labels} >= {"body", "heart"}

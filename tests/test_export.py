@@ -133,3 +133,16 @@ def test_channel_name_comes_from_the_sidecar_or_the_user(tmp_path: Path) -> None
     with_sidecars = _generated_folder(tmp_path / "ct")
     export_dataset(with_sidecars, tmp_path / "ds2", "msd")
     assert json.loads((tmp_path / "ds2" / "dataset.json").read_text())["modality"] == {"0": "CT"}
+
+
+def test_label_map_translates_the_exported_label_maps(tmp_path: Path) -> None:
+    source = _generated_folder(tmp_path / "gen", n=1)
+    label_path = source / "sample_0000_label.nii.gz"
+    label = load_volume(label_path, "label")
+    save_volume(label.with_data(label.data + 100), label_path, overwrite=True)  # 100..108
+    mapping = {100 + v: v for v in PHANTOM_TABLE.values}
+    export_dataset(source, tmp_path / "ds", "msd", label_mapping=mapping)
+    exported = load_volume(tmp_path / "ds" / "labelsTr" / "sample_0000.nii.gz", "label").data
+    np.testing.assert_array_equal(exported, label.data)
+    with pytest.raises(InputError, match="label values 100"):
+        export_dataset(source, tmp_path / "ds2", "msd")

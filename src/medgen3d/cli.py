@@ -312,6 +312,11 @@ def _add_export(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--labels", help="label table file (default: from the sidecar JSON)")
     p.add_argument("--name", default="MedGen3DSynthetic", help="dataset name in dataset.json")
     p.add_argument(
+        "--label-map",
+        metavar="FILE|NAME",
+        help="translate the pairs' label values onto the table (a mapping file or name)",
+    )
+    p.add_argument(
         "--channel-name",
         help="the image channel's name in dataset.json, e.g. CT or T1 (default: the "
         "modality recorded in the sidecars)",
@@ -324,7 +329,7 @@ def _add_export(subparsers: argparse._SubParsersAction) -> None:
 
 def _run_export(args: argparse.Namespace) -> None:
     from medgen3d.export import export_dataset
-    from medgen3d.labels import LabelTable
+    from medgen3d.labels import LabelTable, label_mapping
 
     check_output_folder(args.out)
     table = LabelTable.read(args.labels) if args.labels else None
@@ -337,6 +342,7 @@ def _run_export(args: argparse.Namespace) -> None:
             table=table,
             name=args.name,
             channel_name=args.channel_name,
+            label_mapping=label_mapping(args.label_map) if args.label_map else None,
             overwrite=args.overwrite,
             progress=progress,
         )
@@ -459,6 +465,11 @@ def _add_check(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--segmenter", help="segmenter.pt written by `medgen3d evaluate`")
     p.add_argument("--min-dice", type=float, default=None, help="lowest mean Dice accepted")
     p.add_argument("--json", help="also write the findings to this JSON file")
+    p.add_argument(
+        "--label-map",
+        metavar="FILE|NAME",
+        help="translate the pairs' label values onto the model's table",
+    )
     p.add_argument("--device", default=Device.AUTO.value, choices=choices(Device))
     p.set_defaults(run=_run_check)
 
@@ -470,6 +481,7 @@ def _run_check(args: argparse.Namespace) -> int:
     from medgen3d.evaluation.check import DEFAULT_MIN_DICE, check_pairs, training_intensities
     from medgen3d.evaluation.segmenter import Segmenter
     from medgen3d.io import atomic_output
+    from medgen3d.labels import label_mapping
     from medgen3d.model import load_model
     from medgen3d.progress import drain
     from medgen3d.runtime import resolve_device
@@ -480,8 +492,14 @@ def _run_check(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     segmenter = Segmenter.load(args.segmenter, device) if args.segmenter else None
     min_dice = DEFAULT_MIN_DICE if args.min_dice is None else args.min_dice
+    mapping = label_mapping(args.label_map) if args.label_map else None
     work = check_pairs(
-        find_pairs(args.pairs), model.data, training_intensities(model), segmenter, min_dice
+        find_pairs(args.pairs),
+        model.data,
+        training_intensities(model),
+        segmenter,
+        min_dice,
+        label_mapping=mapping,
     )
     progress, close = tqdm_progress("check", unit="pair")
     try:

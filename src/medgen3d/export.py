@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -46,6 +46,7 @@ def export_dataset(
     table: LabelTable | None = None,
     name: str = "MedGen3DSynthetic",
     channel_name: str | None = None,
+    label_mapping: Mapping[int, int] | None = None,
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> Path:
@@ -61,6 +62,8 @@ def export_dataset(
         name: the dataset's name in ``dataset.json``.
         channel_name: the image channel's name (``CT``, ``T1``...); by default the modality
             recorded in the sidecars.
+        label_mapping: translates label maps in another convention onto ``table``; the
+            exported label maps hold the table's values.
         overwrite: replace an existing dataset in ``out`` wholly (it is swapped for the new
             one only once that is complete; nothing of the old one is kept).
         progress: ``progress(done, total)`` after each case.
@@ -85,10 +88,10 @@ def export_dataset(
     renumber = export_format == "nnunet" and table.values != tuple(range(len(table)))
     for case in cases:  # every pair is checked before the first file is written
         _, label = load_pair(case.image, case.label)
-        table.check_values(label.data, case.label)
+        table.check_values(_translated(label.data, table, label_mapping, case), case.label)
     with _fresh_folder(out) as staging:
         for i, case in enumerate(cases):
-            _export_case(case, staging, export_format, table, renumber)
+            _export_case(case, staging, export_format, table, renumber, label_mapping)
             if sidecars[case.name] is not None:
                 _write_json(staging / "provenance" / f"{case.name}.json", sidecars[case.name])
             if progress is not None:
@@ -118,18 +121,34 @@ def _fresh_folder(out: Path) -> Iterator[Path]:
 
 
 def _export_case(
-    case: CasePaths, out: Path, export_format: ExportFormat, table: LabelTable, renumber: bool
+    case: CasePaths,
+    out: Path,
+    export_format: ExportFormat,
+    table: LabelTable,
+    renumber: bool,
+    label_mapping: Mapping[int, int] | None,
 ) -> None:
     image_name = f"{case.name}_0000.nii.gz" if export_format == "nnunet" else f"{case.name}.nii.gz"
     _copy(case.image, out / "imagesTr" / image_name)
     label_out = out / "labelsTr" / f"{case.name}.nii.gz"
-    if renumber:
-        _, label = load_pair(case.image, case.label)
-        channels = table.to_channels(label.data, case.label)
-        dtype = np.uint8 if len(table) <= 256 else np.uint16
-        save_volume(label.with_data(channels), label_out, overwrite=True, dtype=dtype)
-    else:
+    if not renumber and label_mapping is None:
         _copy(case.label, label_out)
+        return
+    _, label = load_pair(case.image, case.label)
+    values = _translated(label.data, table, label_mapping, case)
+    if renumber:
+        values = table.to_channels(values, case.label)
+    dtype = np.uint8 if values.max(initial=0) <= 255 else np.uint16
+    save_volume(label.with_data(values), label_out, overwrite=True, dtype=dtype)
+
+
+def _translated(
+    labels: np.ndarray,
+    table: LabelTable,
+    label_mapping: Mapping[int, int] | None,
+    case: CasePaths,
+) -> np.ndarray:
+    return labels if label_mapping is None else table.remap(labels, label_mapping, case.label)
 
 
 def _dataset_json(

@@ -204,8 +204,10 @@ def check_pairs(
     ranges: Mapping[str, Sequence[float]],
     segmenter: Segmenter | None = None,
     min_dice: float = DEFAULT_MIN_DICE,
+    label_mapping: Mapping[int, int] | None = None,
 ) -> ProgressGenerator[list[PairCheck]]:
-    """:func:`check_pair` for pairs on disk (see :func:`medgen3d.datasets.find_pairs`).
+    """:func:`check_pair` for pairs on disk (see :func:`medgen3d.datasets.find_pairs`);
+    ``label_mapping`` translates label maps in another convention onto the model's table.
 
     Yields:
         ``Progress("check", done, total)`` after each pair.
@@ -218,6 +220,8 @@ def check_pairs(
     for done, case in enumerate(cases, start=1):
         image, label = load_pair(case.image, case.label)
         # generated pairs carry the table's own values, never the training data's mapping
+        if label_mapping is not None:
+            label = label.with_data(data.labels.remap(label.data, label_mapping, case.label))
         results.append(
             check_pair(image, label, data, ranges, segmenter, min_dice, case.name, case.label)
         )
