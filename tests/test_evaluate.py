@@ -314,7 +314,7 @@ def test_check_translates_label_maps_with_a_mapping(real: Path, ranges, tmp_path
     save_volume(image, tmp_path / "x_image.nii.gz")
     save_volume(label.with_data(label.data + 100), tmp_path / "x_label.nii.gz")
     pairs = discover_pairs(tmp_path)
-    with pytest.raises(InputError, match="x_label.nii.gz: label values 100"):
+    with pytest.raises(InputError, match=r"x_label\.nii\.gz: label values 100"):
         drain(check_pairs(pairs, DATA, ranges))
     mapping = {100 + v: v for v in DATA.labels.values}
     [result] = drain(check_pairs(pairs, DATA, ranges, label_mapping=mapping))

@@ -231,3 +231,38 @@ def test_mappings_are_found_by_file_or_bundled_name(tmp_path):
     with pytest.raises(InputError, match="freesurfer_to_brain_mri") as caught:
         label_mapping("no_such_mapping")
     assert str(caught.value.path) == "no_such_mapping"
+
+
+@pytest.mark.parametrize(
+    ("mapping", "table"),
+    [
+        ("totalsegmentator_to_thorax_phantom", "thorax_phantom"),
+        ("totalsegmentator_to_ct_thorax", "resources/labels/ct_thorax.txt"),
+        ("totalsegmentator_to_headneck_ct", "resources/labels/headneck_ct.txt"),
+    ],
+)
+def test_totalsegmentator_mappings_name_the_classes_as_totalsegmentator_does(
+    shared_data, mapping, table
+):
+    """The class names in the mapping's comments are TotalSegmentator's own for every class
+    of the shared 'total' output, and every value of that output maps into the table."""
+    from pathlib import Path
+
+    import nibabel as nib
+
+    rows = (shared_data / "ct_abdomen" / "labels.txt").read_text().splitlines()
+    theirs = dict(row.split()[:2] for row in rows if row and not row.startswith("#"))
+    text = (
+        Path(__file__).parents[1] / "src" / "medgen3d" / "labels" / f"{mapping}.txt"
+    ).read_text()
+    ours = {
+        line.split()[0]: line.split("# ")[1].split(" ->")[0]
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+    assert {k: ours[k] for k in theirs} == theirs
+    root = Path(__file__).parents[1] / "tests"
+    target = bundled_table(table) if "/" not in table else LabelTable.read(root / table)
+    labels = np.asarray(nib.load(shared_data / "ct_abdomen" / "label.nii.gz").dataobj)
+    mapped = target.remap(labels, label_mapping(mapping))
+    assert set(np.unique(mapped).tolist()) <= set(target.values)
