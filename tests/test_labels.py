@@ -252,17 +252,15 @@ def test_totalsegmentator_mappings_name_the_classes_as_totalsegmentator_does(
 
     rows = (shared_data / "ct_abdomen" / "labels.txt").read_text().splitlines()
     theirs = dict(row.split()[:2] for row in rows if row and not row.startswith("#"))
-    text = (
-        Path(__file__).parents[1] / "src" / "medgen3d" / "labels" / f"{mapping}.txt"
-    ).read_text()
+    repository = Path(__file__).parents[1]
+    text = (repository / "src" / "medgen3d" / "labels" / f"{mapping}.txt").read_text()
     ours = {
         line.split()[0]: line.split("# ")[1].split(" ->")[0]
         for line in text.splitlines()
         if line and not line.startswith("#")
     }
     assert {k: ours[k] for k in theirs} == theirs
-    root = Path(__file__).parents[1] / "tests"
-    target = bundled_table(table) if "/" not in table else LabelTable.read(root / table)
+    target = bundled_table(table) if "/" not in table else LabelTable.read(repository / table)
     labels = np.asarray(nib.load(shared_data / "ct_abdomen" / "label.nii.gz").dataobj)
     mapped = target.remap(labels, label_mapping(mapping))
     assert set(np.unique(mapped).tolist()) <= set(target.values)
