@@ -313,3 +313,18 @@ def test_seed_mask_at_another_spacing_is_refused(
     errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
     assert len(errors) == 1 and "spacing 5 x 1 x 1 mm" in errors[0]
     assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.parametrize("spacing", [(20.0, 20.0, 20.0), (1.0, 1.0, 5.0)])
+def test_the_demo_model_refuses_phantom_labels_written_at_the_wrong_scale(
+    tmp_path: Path, capsys: pytest.CaptureFixture, spacing: tuple[float, float, float]
+) -> None:
+    from medgen3d.phantom import make_phantom
+
+    label = make_phantom(0).label
+    affine = np.diag([*spacing, 1.0])
+    path = save_volume(Volume(label.data, affine), tmp_path / "phantom_label.nii.gz")
+    argv = ["generate", "--model", "demo", "--masks", str(path), "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "phantom_label.nii.gz" in errors[0] and "trained on" in errors[0]
