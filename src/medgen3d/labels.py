@@ -29,6 +29,7 @@ __all__ = [
     "Label",
     "LabelTable",
     "bundled_mapping",
+    "bundled_mappings",
     "bundled_table",
     "label_mapping",
     "read_label_mapping",
@@ -294,6 +295,12 @@ def bundled_mapping(name: str) -> dict[int, int]:
     return read_label_mapping(Path(str(ref)))
 
 
+def bundled_mappings() -> list[str]:
+    """The names of the label mappings shipped with the package."""
+    folder = resources.files("medgen3d").joinpath("labels")
+    return sorted(p.name.removesuffix(".txt") for p in folder.iterdir() if "_to_" in p.name)
+
+
 def label_mapping(spec: str | Path) -> dict[int, int]:
     """A mapping from a file path or the name of a bundled mapping.
 
@@ -306,13 +313,9 @@ def label_mapping(spec: str | Path) -> dict[int, int]:
     try:
         return bundled_mapping(str(spec))
     except FileNotFoundError:
-        shipped = sorted(
-            p.name.removesuffix(".txt")
-            for p in resources.files("medgen3d").joinpath("labels").iterdir()
-            if "_to_" in p.name
-        )
         raise InputError(
-            f"is neither a label-mapping file nor a bundled mapping ({', '.join(shipped)})",
+            "is neither a label-mapping file nor a bundled mapping "
+            f"({', '.join(bundled_mappings())})",
             spec,
         ) from None
 

@@ -19,6 +19,11 @@ TOOLTIPS = {
     "(rectified flow or DDIM).",
     "guidance": "Classifier-free guidance of the refiner: 1 is plain conditional sampling; "
     "higher follows the masks more closely and costs twice the time per step.",
+    "label_map": "How the Labels layer's values translate onto the model's table for "
+    "'Generate image from masks': the model's own (its table, or its training data's "
+    "convention such as raw DLMUSE), a shipped mapping (FreeSurfer, TotalSegmentator), or a "
+    "file of 'source target' lines.",
+    "label_map_file": "A label-mapping file: one 'source target' pair per line.",
     "labels_layer": "The Labels layer to generate from, complete, or use as the mask.",
     "image_layer": "The Image layer to refine.",
     "generate_pair": "Generate masks, then the image, then refine it (all stages).",

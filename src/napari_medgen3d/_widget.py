@@ -32,10 +32,11 @@ from magicgui.widgets import (
 from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 from napari.utils import progress
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error, show_info, show_warning
 
 from medgen3d.bundled import bundled_models
 from medgen3d.errors import InputError
+from medgen3d.labels import bundled_mappings
 from medgen3d.settings import (
     DEFAULTS,
     Device,
@@ -63,6 +64,7 @@ log = logging.getLogger(__name__)
 
 PREVIEW_LAYER = "MedGen3D preview"
 OTHER_FILE = "Other file…"
+MODEL_CONVENTION = "model's own"
 STAGE_FILES = ("masks.pt", "images.pt", "refiner.pt")
 
 
@@ -105,6 +107,11 @@ class MedGen3DWidget(Container):
             value=DEFAULTS.guidance, min=0.0, max=20.0, step=0.5, label="Guidance"
         )
         self._labels_layer = ComboBox(choices=self._layer_choices(Labels), label="Labels layer")
+        self._label_map = ComboBox(
+            choices=(MODEL_CONVENTION, *bundled_mappings(), OTHER_FILE), label="Label map"
+        )
+        self._label_map_file = FileEdit(mode="r", filter="*.txt", label="Label map file")
+        self._label_map_file.changed.connect(lambda: setattr(self._label_map, "value", OTHER_FILE))
         self._image_layer = ComboBox(choices=self._layer_choices(Image), label="Image layer")
         self._generate_pair = PushButton(text="Generate pair")
         self._generate_masks = PushButton(text="Generate masks")
@@ -136,6 +143,8 @@ class MedGen3DWidget(Container):
             "refine_sampler": self._refine_sampler,
             "guidance": self._guidance,
             "labels_layer": self._labels_layer,
+            "label_map": self._label_map,
+            "label_map_file": self._label_map_file,
             "image_layer": self._image_layer,
             "generate_pair": self._generate_pair,
             "generate_masks": self._generate_masks,
@@ -198,14 +207,26 @@ class MedGen3DWidget(Container):
         if layer is None:
             return
         label = _volume(layer)
+        mapping_spec = self._mapping_spec()
 
         def work(model: GenerativeModel, settings: GenerationSettings) -> Generator:
-            from medgen3d.generate import image_from_masks
+            from medgen3d.generate import check_mask_extent, conform_labels, image_from_masks
+            from medgen3d.labels import label_mapping
 
-            image = yield from image_from_masks(model, label, settings)
-            return {"image": (image, f"{layer.name} image")}
+            mapping = None if mapping_spec is None else label_mapping(mapping_spec)
+            conformed = conform_labels(model, label, layer.name, mapping)
+            warning = check_mask_extent(model, conformed, layer.name)
+            image = yield from image_from_masks(model, conformed, settings, source=layer.name)
+            return {"image": (image, f"{layer.name} image"), "warning": warning}
 
         self._with_model(lambda: self._start(work))
+
+    def _mapping_spec(self) -> str | None:
+        """The label mapping chosen: ``None`` for the model's own conventions."""
+        choice = str(self._label_map.value)
+        if choice == MODEL_CONVENTION:
+            return None
+        return str(self._label_map_file.value) if choice == OTHER_FILE else choice
 
     def refine_image(self) -> None:
         chosen = self._chosen_pair("an Image layer to refine", "the Labels layer of that image")
@@ -404,9 +425,14 @@ class MedGen3DWidget(Container):
 
     def _add_results(self, result: dict) -> None:
         """Add each returned ``(volume, name[, settings])`` as a layer (``labels*`` keys
-        become Labels layers, the others Image layers). Images go in first, so every label
-        layer lies above the images and its overlay is visible without reordering."""
+        become Labels layers, the others Image layers; a ``warning`` entry becomes a
+        notification). Images go in first, so every label layer lies above the images and
+        its overlay is visible without reordering."""
         self._remove_preview()
+        result = dict(result)
+        warning = result.pop("warning", None)
+        if warning:
+            show_warning(f"MedGen3D: {warning}")
         ordered = sorted(result.items(), key=lambda item: item[0].startswith("labels"))
         for key, (volume, name, *rest) in ordered:
             kind = "labels" if key.startswith("labels") else "image"

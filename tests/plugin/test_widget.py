@@ -191,3 +191,31 @@ def test_cli_and_widget_take_their_defaults_from_the_settings(make_napari_viewer
         if field.name != "depth":  # the command line leaves the depth to the model
             assert getattr(cli, field.name) == getattr(DEFAULTS, field.name), field.name
     assert cli.depth is None
+
+
+def test_image_from_masks_with_a_label_map_and_a_size_warning(
+    make_napari_viewer, qtbot, tmp_path
+) -> None:
+    from napari.utils.notifications import notification_manager
+
+    from napari_medgen3d._widget import OTHER_FILE, MedGen3DWidget
+
+    anatomy = {"extent_mm": {"min": [10.0, 28.0, 28.0], "max": [60.0, 30.0, 30.0]}}
+    model = write_tiny_model(tmp_path / "model", provenance={"anatomy": anatomy})
+    viewer = make_napari_viewer()
+    w = MedGen3DWidget(viewer)
+    w._model_file.value = model / "masks.pt"
+    user = np.zeros((12, 16, 16), dtype=np.uint8)
+    user[:, 2:14, 2:14] = 42  # "body" in the user's numbering: 24 mm, below the 28 mm seen
+    viewer.add_labels(user, name="mine", scale=(3.0, 2.0, 2.0))
+    (tmp_path / "map.txt").write_text("0 0\n42 1\n")  # without it, 42 is an error
+    w._labels_layer.value = viewer.layers["mine"]
+    w._label_map_file.value = tmp_path / "map.txt"
+    assert w._label_map.value == OTHER_FILE
+    messages = []
+    notification_manager.notification_ready.connect(lambda n: messages.append(str(n.message)))
+    w.image_from_masks()
+    qtbot.waitUntil(lambda: "mine image" in viewer.layers, timeout=TIMEOUT_MS)
+    _wait_idle(qtbot, w)
+    assert viewer.layers["mine image"].data.shape == user.shape
+    assert any("trained on 28-30" in m for m in messages)
