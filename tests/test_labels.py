@@ -264,3 +264,19 @@ def test_totalsegmentator_mappings_name_the_classes_as_totalsegmentator_does(
     labels = np.asarray(nib.load(shared_data / "ct_abdomen" / "label.nii.gz").dataobj)
     mapped = target.remap(labels, label_mapping(mapping))
     assert set(np.unique(mapped).tolist()) <= set(target.values)
+
+
+def test_unlisted_values_go_where_the_mapping_says_and_only_then(tmp_path, sparse_table):
+    path = tmp_path / "map.txt"
+    path.write_text("0 0\n5 2\n")
+    labels = np.array([0, 5, 9, 11])
+    with pytest.raises(InputError, match=r"values 9, 11 have no entry.*'\* 0'"):
+        sparse_table.remap(labels, read_label_mapping(path))
+    path.write_text("0 0\n5 2\n* 0  # everything else is background\n")
+    mapping = read_label_mapping(path)
+    np.testing.assert_array_equal(sparse_table.remap(labels, mapping), [0, 2, 0, 0])
+
+
+def test_unknown_values_say_how_to_map_them(sparse_table):
+    with pytest.raises(InputError, match="--label-map FILE.*freesurfer_to_brain_mri"):
+        sparse_table.check_values(np.array([0, 5]), "mask.nii.gz")

@@ -26,6 +26,7 @@ import numpy as np
 from medgen3d.errors import InputError
 
 __all__ = [
+    "UNLISTED",
     "Label",
     "LabelTable",
     "bundled_mapping",
@@ -35,6 +36,8 @@ __all__ = [
     "read_label_mapping",
 ]
 
+# The key of a label mapping that stands for every value it does not list (``*`` in files).
+UNLISTED = -1
 _COLOUR = re.compile(r"^#[0-9a-fA-F]{6}$")
 # Distinct fallback colours (tab20-like), used when a table file names none.
 _PALETTE = (
@@ -133,7 +136,8 @@ class LabelTable:
             raise InputError(
                 f"label values {_preview(unknown)} are not in the label table "
                 f"({', '.join(f'{v}={n}' for v, n in zip(self.values, self.names, strict=True))});"
-                " remap them with a label mapping",
+                " translate them with --label-map FILE ('source target' per line) or a shipped "
+                f"mapping ({', '.join(bundled_mappings())})",
                 source,
             )
 
@@ -170,8 +174,9 @@ class LabelTable:
         Args:
             labels: a label volume in the dataset's own values.
             mapping: dataset value -> table value. Every value present in ``labels`` must
-                be a key (map structures you do not model to 0). Targets must be in the
-                table.
+                be a key (map structures you do not model to 0), unless the mapping has an
+                :data:`UNLISTED` key, whose target every other value takes. Targets must be
+                in the table.
             source: the file ``labels`` came from, for error messages.
 
         Returns:
@@ -186,11 +191,14 @@ class LabelTable:
             raise InputError(f"label mapping targets {_preview(bad_targets)} are not in the table")
         present = np.unique(labels).tolist()
         unmapped = [v for v in present if v not in mapping]
-        if unmapped:
+        if unmapped and UNLISTED not in mapping:
             raise InputError(
-                f"label values {_preview(unmapped)} have no entry in the label mapping", source
+                f"label values {_preview(unmapped)} have no entry in the label mapping; add "
+                "'value target' lines for them, or '* 0' to send every unlisted value to "
+                "background",
+                source,
             )
-        lookup = np.zeros(max(present) + 1, dtype=np.uint16)
+        lookup = np.full(max(present) + 1, mapping.get(UNLISTED, 0), dtype=np.uint16)
         for src, dst in mapping.items():
             if 0 <= src <= max(present):  # a negative key would index from the end
                 lookup[src] = dst
@@ -245,7 +253,9 @@ def read_label_mapping(path: str | Path) -> dict[int, int]:
     """Read a label-mapping file: one ``source_value target_value`` pair per line.
 
     A source may be a range, ``first-last`` (both included), for parcellations that number
-    many regions of one structure consecutively (FreeSurfer's cortical parcels). Text after
+    many regions of one structure consecutively (FreeSurfer's cortical parcels), or ``*``:
+    every value not listed (``* 0`` sends the structures a model does not know to
+    background, which happens only when the mapping says so). Text after
     ``#`` is a comment (the shipped mappings name each source structure there), so a mapping
     stays readable next to the parcellation it translates.
 
@@ -263,10 +273,13 @@ def read_label_mapping(path: str | Path) -> dict[int, int]:
         tokens = line.split("#", 1)[0].split()
         if not tokens:
             continue
-        sources = _value_range(tokens[0]) if len(tokens) == 2 else None
+        sources = None if len(tokens) != 2 else _value_range(tokens[0])
+        if len(tokens) == 2 and tokens[0] == "*":
+            sources = [UNLISTED]
         if sources is None or not tokens[1].isdigit():
             raise InputError(
-                f"line {lineno}: expected '<source value or first-last> <target value>'", path
+                f"line {lineno}: expected '<source value, first-last or *> <target value>'",
+                path,
             )
         for source in sources:
             if source in mapping:
