@@ -328,3 +328,21 @@ def test_the_demo_model_refuses_phantom_labels_written_at_the_wrong_scale(
     assert main(argv) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
     assert len(errors) == 1 and "phantom_label.nii.gz" in errors[0] and "trained on" in errors[0]
+
+
+def test_a_bad_mask_in_a_folder_stops_the_run_before_anything_is_written(
+    tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    good = np.zeros((16, 16, 20), dtype=np.uint8)
+    good[2:14, 2:14, 2:18] = 1
+    for name, values in (("a", good), ("b", good), ("c", np.where(good > 0, 42, 0))):
+        nib.save(
+            nib.Nifti1Image(values.astype(np.uint8), np.diag([2.0, 2.0, 3.0, 1.0])),
+            masks / f"{name}.nii.gz",
+        )
+    out = tmp_path / "out"
+    assert _generate(tiny_model, out, "--masks", str(masks)) == 2
+    assert "c.nii.gz: label values 42" in capsys.readouterr().err
+    assert not out.exists() or not any(out.iterdir())

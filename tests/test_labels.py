@@ -278,5 +278,5 @@ def test_unlisted_values_go_where_the_mapping_says_and_only_then(tmp_path, spars
 
 
 def test_unknown_values_say_how_to_map_them(sparse_table):
-    with pytest.raises(InputError, match="--label-map FILE.*freesurfer_to_brain_mri"):
+    with pytest.raises(InputError, match=r"--label-map FILE.*freesurfer_to_brain_mri"):
         sparse_table.check_values(np.array([0, 5]), "mask.nii.gz")

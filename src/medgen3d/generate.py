@@ -479,7 +479,8 @@ def images_for_mask_files(
     its suffix and a trailing ``_label`` (``CASE_label.nii.gz`` gives ``CASE_image.nii.gz``).
     ``label_mapping`` translates masks in the user's own convention (:func:`conform_labels`);
     masks far from the training anatomy are refused (:func:`check_mask_extent`) unless
-    ``allow_out_of_range``.
+    ``allow_out_of_range``. Every mask is read and checked before the first image is made,
+    so a bad file in a folder stops the run before anything is written.
     """
     indices = list(range(len(masks)) if indices is None else indices)
     names = [_stem(Path(m)).removesuffix("_label") for m in masks]
@@ -488,11 +489,18 @@ def images_for_mask_files(
             if target.exists() and not overwrite:
                 raise OutputExistsError(target)
 
-    def one(i: int) -> ProgressGenerator[list[Path]]:
+    def prepared(i: int) -> Volume:
         label = conform_labels(model, load_volume(masks[i], "label"), masks[i], label_mapping)
         warning = check_mask_extent(model, label, masks[i], allow=allow_out_of_range)
         if warning:
             log.warning("%s", warning)
+        return label
+
+    for i in indices:  # every mask is checked before the first image is made
+        prepared(i)
+
+    def one(i: int) -> ProgressGenerator[list[Path]]:
+        label = prepared(i)
         seeded = settings.with_seed(sample_seed(settings.seed, i))
         image = yield from image_from_masks(model, label, seeded, source=masks[i])
         return write_pair(
