@@ -346,3 +346,22 @@ def test_a_bad_mask_in_a_folder_stops_the_run_before_anything_is_written(
     assert _generate(tiny_model, out, "--masks", str(masks)) == 2
     assert "c.nii.gz: label values 42" in capsys.readouterr().err
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_a_structure_far_larger_than_any_seen_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Another dataset's numbering read as this table's: a whole body arriving as 'spine'."""
+    anatomy = {
+        "extent_mm": {"min": [30.0, 20.0, 20.0], "max": [60.0, 30.0, 30.0]},
+        "volume_ml": {"body": [3.0, 20.0], "spine": [0.1, 0.5]},
+    }
+    model = write_tiny_model(tmp_path / "model", provenance={"anatomy": anatomy})
+    labels = np.zeros((16, 16, 20), dtype=np.uint8)
+    labels[2:14, 2:14, 2:18] = 8  # 'spine' everywhere: 12 x 12 x 16 voxels of 12 mm3
+    path = tmp_path / "other.nii.gz"
+    nib.save(nib.Nifti1Image(labels, np.diag([2.0, 2.0, 3.0, 1.0])), path)
+    argv = ["generate", "--model", str(model), "--masks", str(path), *FAST]
+    assert main([*argv, "--out", str(tmp_path / "out")]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "its spine is 27.6 ml; the model saw 0.1-0.5 ml" in errors[0]

@@ -171,20 +171,24 @@ FAR_BELOW, FAR_ABOVE = 0.5, 2.0
 def check_mask_extent(
     model: GenerativeModel, label: Volume, source: str | Path | None, *, allow: bool = False
 ) -> str | None:
-    """Compare the labelled region's in-plane size with the training anatomy's.
+    """Compare a mask's size with the training anatomy's: the labelled region's in-plane
+    extent, and each structure's volume.
 
     A model only knows anatomy of the sizes it was trained on: a mask written with wrong
-    voxel sizes, or of one small organ taken for a whole body, gives an image with tissues
-    at the wrong intensities. The extent along z is not compared (a mask may cover part of
-    a body). Models that did not record their training anatomy are not checked.
+    voxel sizes, one small organ taken for a whole body, or another dataset's numbering
+    read as this table's (a body called "spine") gives an image with tissues at the wrong
+    intensities. The extent along z is not compared, and a structure smaller than seen in
+    training only warns: a mask may cover part of a body. Models that did not record their
+    training anatomy are not checked.
 
     Returns:
-        A warning when the extent is outside the training range but within
+        A warning for sizes outside the training range but within
         ``[FAR_BELOW x min, FAR_ABOVE x max]``, else ``None``.
 
     Raises:
-        InputError: naming ``source``, its extent and the model's, when it is beyond that
-            (unless ``allow``).
+        InputError: naming ``source``, the sizes and the model's, for an extent beyond that
+            range or a structure more than ``FAR_ABOVE`` times the largest seen (unless
+            ``allow``).
     """
     anatomy = _recorded_anatomy(model)
     where = np.argwhere(label.data > 0)
@@ -194,21 +198,34 @@ def check_mask_extent(
     extent = ((where.max(0) - where.min(0) + 1) * spacing)[1:]
     low = np.asarray(anatomy["extent_mm"]["min"][1:])
     high = np.asarray(anatomy["extent_mm"]["max"][1:])
+    far, outside = [], []
     described = (
         f"its labelled region spans {extent[0]:.0f} x {extent[1]:.0f} mm in-plane (y x); "
         f"the model was trained on {low[0]:.0f}-{high[0]:.0f} x {low[1]:.0f}-{high[1]:.0f} mm"
     )
     if np.any(extent < FAR_BELOW * low) or np.any(extent > FAR_ABOVE * high):
-        if not allow:
-            raise InputError(
-                f"{described}: check its voxel sizes and label values, or pass "
-                "--allow-out-of-range to generate anyway",
-                source,
-            )
-        return f"{source}: {described}"
-    if np.any(extent < low) or np.any(extent > high):
-        return f"{source}: {described}"
-    return None
+        far.append(described)
+    elif np.any(extent < low) or np.any(extent > high):
+        outside.append(described)
+    table = model.data.labels
+    counts = np.bincount(table.to_channels(label.data).ravel(), minlength=len(table))
+    for name, count in zip(table.names[1:], counts[1:], strict=True):
+        seen = anatomy.get("volume_ml", {}).get(name)
+        volume = count * spacing.prod() / 1000.0
+        if not seen or not count:
+            continue
+        said = f"its {name} is {volume:.3g} ml; the model saw {seen[0]:.3g}-{seen[1]:.3g} ml"
+        if volume > FAR_ABOVE * seen[1]:
+            far.append(said)
+        elif volume > seen[1] or volume < FAR_BELOW * seen[0]:
+            outside.append(said)
+    if far and not allow:
+        raise InputError(
+            f"{'; '.join(far)}: check its voxel sizes and label values, or pass "
+            "--allow-out-of-range to generate anyway",
+            source,
+        )
+    return f"{source}: {'; '.join(far + outside)}" if far or outside else None
 
 
 def _recorded_anatomy(model: GenerativeModel) -> dict[str, Any] | None:
