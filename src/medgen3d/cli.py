@@ -302,13 +302,20 @@ def _run_generate(args: argparse.Namespace) -> None:
 def _add_export(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "export",
-        help="turn generated pairs into an nnU-Net or MSD training dataset",
+        help="turn generated pairs into an nnU-Net or MSD training dataset, or DICOM",
         description="Write imagesTr/, labelsTr/, dataset.json (label names) and provenance/ "
-        "(each sample's sidecar JSON) from a folder of pairs.",
+        "(each sample's sidecar JSON) from a folder of pairs; with --format dicom, per pair "
+        "CASE/image/*.dcm (a CT or MR series) and CASE/seg.dcm (a DICOM SEG), marked "
+        "synthetic.",
     )
     p.add_argument("--in", dest="source", required=True, help="folder of generated pairs")
     p.add_argument("--out", required=True, help="dataset folder (absent or empty)")
-    p.add_argument("--format", required=True, choices=("nnunet", "msd"))
+    p.add_argument(
+        "--format",
+        required=True,
+        choices=("nnunet", "msd", "dicom"),
+        help="dicom: per pair an image series and a DICOM SEG, for PACS, Slicer or OHIF",
+    )
     p.add_argument("--labels", help="label table file (default: from the sidecar JSON)")
     p.add_argument("--name", default="MedGen3DSynthetic", help="dataset name in dataset.json")
     p.add_argument(

@@ -10,12 +10,9 @@ model, seed and settings that made it.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
-import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -24,13 +21,13 @@ import numpy as np
 from medgen3d import __version__
 from medgen3d.datasets import CasePaths, discover_pairs
 from medgen3d.errors import InputError, OutputExistsError
-from medgen3d.io import atomic_output, load_pair, save_volume
+from medgen3d.io import atomic_folder, atomic_output, load_pair, save_volume
 from medgen3d.labels import LabelTable
 
 __all__ = ["EXPORT_FORMATS", "export_dataset", "sidecar_path"]
 
-EXPORT_FORMATS = ("nnunet", "msd")
-ExportFormat = Literal["nnunet", "msd"]
+EXPORT_FORMATS = ("nnunet", "msd", "dicom")
+ExportFormat = Literal["nnunet", "msd", "dicom"]
 
 
 def sidecar_path(case: CasePaths) -> Path:
@@ -56,8 +53,9 @@ def export_dataset(
         source: folder of pairs.
         out: dataset folder; must be absent or empty unless ``overwrite``.
         export_format: ``"nnunet"`` (``CASE_0000.nii.gz`` images; labels renumbered to
-            ``0 .. C-1`` when the table's values are not consecutive, as nnU-Net requires)
-            or ``"msd"`` (``CASE.nii.gz`` images, label values as they are).
+            ``0 .. C-1`` when the table's values are not consecutive, as nnU-Net requires),
+            ``"msd"`` (``CASE.nii.gz`` images, label values as they are) or ``"dicom"``
+            (``CASE/image/*.dcm`` series and ``CASE/seg.dcm``: :mod:`medgen3d.dicom`).
         table: label names; by default the table recorded in the first sidecar.
         name: the dataset's name in ``dataset.json``.
         channel_name: the image channel's name (``CT``, ``T1``...); by default the modality
@@ -69,7 +67,7 @@ def export_dataset(
         progress: ``progress(done, total)`` after each case.
 
     Returns:
-        The path of ``dataset.json``.
+        The path of ``dataset.json`` (for DICOM, of the dataset folder).
 
     Raises:
         InputError: naming the file, for unreadable or mismatched pairs, label values
@@ -79,7 +77,7 @@ def export_dataset(
     if export_format not in EXPORT_FORMATS:
         raise InputError(f"unknown format {export_format!r}; choose from {EXPORT_FORMATS}")
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
+    if out.exists() and any(out.iterdir()) and not overwrite:  # before reading any pair
         raise OutputExistsError(out)
     cases = discover_pairs(source)
     sidecars = {case.name: _read_sidecar(case) for case in cases}
@@ -89,35 +87,37 @@ def export_dataset(
     for case in cases:  # every pair is checked before the first file is written
         _, label = load_pair(case.image, case.label)
         table.check_values(_translated(label.data, table, label_mapping, case), case.label)
-    with _fresh_folder(out) as staging:
+    with atomic_folder(out, overwrite=overwrite) as staging:
         for i, case in enumerate(cases):
-            _export_case(case, staging, export_format, table, renumber, label_mapping)
+            if export_format == "dicom":
+                _export_dicom_case(case, staging, table, label_mapping, channel_name, name)
+            else:
+                _export_case(case, staging, export_format, table, renumber, label_mapping)
             if sidecars[case.name] is not None:
                 _write_json(staging / "provenance" / f"{case.name}.json", sidecars[case.name])
             if progress is not None:
                 progress(i + 1, len(cases))
+        if export_format == "dicom":
+            return out
         manifest = _dataset_json(cases, export_format, table, renumber, name, channel_name)
         _write_json(staging / "dataset.json", manifest)
     return out / "dataset.json"
 
 
-@contextlib.contextmanager
-def _fresh_folder(out: Path) -> Iterator[Path]:
-    """A staging folder beside ``out`` that replaces it wholly once the block succeeds;
-    on failure it is removed and ``out`` is left as it was."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent))
-    try:
-        yield staging
-        if out.exists():
-            retired = out.with_name(f".{out.name}.replaced-{staging.name}")
-            os.replace(out, retired)
-            os.replace(staging, out)
-            shutil.rmtree(retired)
-        else:
-            os.replace(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+def _export_dicom_case(
+    case: CasePaths,
+    out: Path,
+    table: LabelTable,
+    label_mapping: Mapping[int, int] | None,
+    channel_name: str,
+    name: str,
+) -> None:
+    from medgen3d.dicom import write_dicom_pair  # highdicom is only needed here
+
+    image, label = load_pair(case.image, case.label)
+    label = label.with_data(_translated(label.data, table, label_mapping, case))
+    modality = "ct" if channel_name.upper() == "CT" else "mr"
+    write_dicom_pair(image, label, table, modality, out / case.name, name=name)
 
 
 def _export_case(

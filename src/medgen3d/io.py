@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -30,6 +31,7 @@ from medgen3d.errors import InputError, OutputExistsError
 __all__ = [
     "NIFTI_SUFFIXES",
     "Volume",
+    "atomic_folder",
     "atomic_output",
     "atomic_outputs",
     "check_output_file",
@@ -330,6 +332,34 @@ def atomic_outputs(paths: Sequence[str | Path], *, overwrite: bool = False) -> I
             for path in renamed:
                 path.unlink(missing_ok=True)
             raise
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a staging folder beside ``path`` that replaces ``path`` wholly once the block
+    succeeds (a dataset, a DICOM study); on any error or interruption it is removed and
+    ``path`` is left as it was. Nothing of an earlier folder at ``path`` survives.
+
+    Raises:
+        OutputExistsError: when ``path`` exists and is not empty, and not ``overwrite``.
+    """
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())) and not overwrite:
+        raise OutputExistsError(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent))
+    try:
+        os.chmod(staging, 0o777 & ~_current_umask())
+        yield staging
+        if path.exists():
+            retired = path.with_name(f".{path.name}.replaced-{staging.name}")
+            os.replace(path, retired)
+            os.replace(staging, path)
+            shutil.rmtree(retired)
+        else:
+            os.replace(staging, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 @contextlib.contextmanager
