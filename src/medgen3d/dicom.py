@@ -28,6 +28,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from medgen3d import __version__
+from medgen3d.errors import InputError
 from medgen3d.io import Volume, atomic_folder
 from medgen3d.labels import LabelTable
 
@@ -168,6 +169,8 @@ def _segmentation(
 ) -> hd.seg.Segmentation:
     channels = table.to_channels(_lps_view(label)[0])
     present = [c for c in range(1, len(table)) if (channels == c).any()]
+    if not present:
+        raise InputError("the label map holds no labelled voxel: there is nothing to segment")
     # segment numbers run 1..n over the labels present, in table order
     segments = np.zeros_like(channels)
     for number, channel in enumerate(present, start=1):

@@ -36,7 +36,10 @@ TOOLTIPS = {
     "changed (plus the neighbours needed for continuity).",
     "cancel": "Stop the running job after the current step; the layers stay as they were.",
     "export_dir": "Folder to export the current pair into.",
-    "export": "Write the chosen image and labels as NIfTI with a JSON sidecar.",
+    "export_format": "NIfTI: image, label map and JSON sidecar. DICOM: a CT or MR series and "
+    "a DICOM SEG with the label names and colours, marked synthetic, for PACS, 3D Slicer or "
+    "OHIF.",
+    "export": "Write the chosen image and labels in the format chosen above.",
     "contours": "Show labels as contours instead of filled regions.",
     "segmenter": "Optional: segmenter.pt from `medgen3d evaluate`, to check that the image "
     "shows the mask's anatomy (alignment Dice).",

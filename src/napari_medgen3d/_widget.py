@@ -123,6 +123,7 @@ class MedGen3DWidget(Container):
         self._contours = CheckBox(value=False, text="Contours only")
         self._toggle_3d = PushButton(text="Switch 2D / 3D")
         self._export_dir = FileEdit(mode="d", label="Export to")
+        self._export_format = ComboBox(choices=("NIfTI", "DICOM"), label="Export as")
         self._export = PushButton(text="Export pair")
         self._segmenter = FileEdit(mode="r", filter="*.pt", label="Segmenter", value="")
         self._check = PushButton(text="Check pair")
@@ -156,6 +157,7 @@ class MedGen3DWidget(Container):
             "contours": self._contours,
             "toggle_3d": self._toggle_3d,
             "export_dir": self._export_dir,
+            "export_format": self._export_format,
             "export": self._export,
             "segmenter": self._segmenter,
             "check": self._check,
@@ -275,15 +277,18 @@ class MedGen3DWidget(Container):
         if not str(self._export_dir.value) or str(self._export_dir.value) == ".":
             show_error("Choose a folder to export into first.")
             return
-        from medgen3d.errors import InputError
+        image, label = _volume(image_layer), _volume(label_layer)
+        name = label_layer.name.replace(" ", "_")
+        if self._export_format.value == "DICOM":
+            self._export_dicom(image, label, folder / name)
+            return
         from medgen3d.generate import write_pair
 
-        image, label = _volume(image_layer), _volume(label_layer)
         settings = label_layer.metadata.get(GEOMETRY_KEY, {}).get("settings", {})
         try:
             paths = write_pair(
                 folder,
-                label_layer.name.replace(" ", "_"),
+                name,
                 image,
                 label,
                 settings=settings,
@@ -293,6 +298,22 @@ class MedGen3DWidget(Container):
             show_error(str(exc))
             return
         show_info(f"Exported {', '.join(p.name for p in paths)} to {folder}")
+
+    def _export_dicom(self, image: Volume, label: Volume, folder: Path) -> None:
+        """Write the pair as a DICOM series and SEG (with the model's label names and
+        colours and its modality) in a worker: a whole study takes a while to write."""
+
+        def work(model: GenerativeModel, _settings: GenerationSettings) -> Generator:
+            from medgen3d.dicom import write_dicom_pair
+
+            yield from ()
+            modality = model.data.preprocessing.window.modality
+            return {"folder": write_dicom_pair(image, label, model.data.labels, modality, folder)}
+
+        def done(result: dict) -> None:
+            show_info(f"Exported a DICOM series and segmentation to {result['folder']}")
+
+        self._with_model(lambda: self._start(work, on_result=done))
 
     def check_pair(self) -> None:
         """The figures of ``medgen3d check`` for the chosen pair, shown in the widget."""

@@ -219,3 +219,25 @@ def test_image_from_masks_with_a_label_map_and_a_size_warning(
     _wait_idle(qtbot, w)
     assert viewer.layers["mine image"].data.shape == user.shape
     assert any("trained on 28-30" in m for m in messages)
+
+
+def test_export_pair_as_dicom(widget, qtbot, tmp_path) -> None:
+    import pydicom
+
+    viewer, w = widget
+    labels = np.zeros((9, 16, 16), dtype=np.uint8)
+    labels[:, 3:13, 3:13] = 1  # body
+    labels[2:7, 6:10, 6:10] = 4  # heart
+    hu = np.where(labels == 4, 40.0, np.where(labels == 1, -80.0, -1000.0)).astype(np.float32)
+    viewer.add_image(hu, name="ct", scale=(3.0, 2.0, 2.0))
+    viewer.add_labels(labels, name="organs", scale=(3.0, 2.0, 2.0))
+    w._image_layer.value = viewer.layers["ct"]
+    w._labels_layer.value = viewer.layers["organs"]
+    w._export_dir.value = tmp_path
+    w._export_format.value = "DICOM"
+    w.export_pair()
+    _wait_idle(qtbot, w)
+    slices = sorted((tmp_path / "organs" / "image").glob("*.dcm"))
+    assert len(slices) == 9
+    segments = pydicom.dcmread(tmp_path / "organs" / "seg.dcm").SegmentSequence
+    assert [s.SegmentLabel for s in segments] == ["body", "heart"]
