@@ -36,6 +36,8 @@ TOOLTIPS = {
     "changed (plus the neighbours needed for continuity).",
     "cancel": "Stop the running job after the current step; the layers stay as they were.",
     "export_dir": "Folder to export the current pair into.",
+    "window": "Contrast of the chosen Image layer: auto is the soft-tissue window for CT and "
+    "the 1st-99.5th percentiles for MRI; or a CT window (soft tissue, lung, bone, brain).",
     "export_format": "NIfTI: image, label map and JSON sidecar. DICOM: a CT or MR series and "
     "a DICOM SEG with the label names and colours, marked synthetic, for PACS, 3D Slicer or "
     "OHIF.",

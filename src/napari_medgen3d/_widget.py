@@ -65,6 +65,13 @@ log = logging.getLogger(__name__)
 PREVIEW_LAYER = "MedGen3D preview"
 OTHER_FILE = "Other file…"
 MODEL_CONVENTION = "model's own"
+# CT display windows (low, high) in HU: level -/+ half the width
+CT_WINDOWS = {
+    "soft tissue": (-160.0, 240.0),
+    "lung": (-1350.0, 150.0),
+    "bone": (-450.0, 1050.0),
+    "brain": (0.0, 80.0),
+}
 STAGE_FILES = ("masks.pt", "images.pt", "refiner.pt")
 
 
@@ -123,6 +130,7 @@ class MedGen3DWidget(Container):
         self._contours = CheckBox(value=False, text="Contours only")
         self._toggle_3d = PushButton(text="Switch 2D / 3D")
         self._export_dir = FileEdit(mode="d", label="Export to")
+        self._window = ComboBox(choices=("auto", *CT_WINDOWS), value="auto", label="Window")
         self._export_format = ComboBox(choices=("NIfTI", "DICOM"), label="Export as")
         self._export = PushButton(text="Export pair")
         self._segmenter = FileEdit(mode="r", filter="*.pt", label="Segmenter", value="")
@@ -157,6 +165,7 @@ class MedGen3DWidget(Container):
             "contours": self._contours,
             "toggle_3d": self._toggle_3d,
             "export_dir": self._export_dir,
+            "window": self._window,
             "export_format": self._export_format,
             "export": self._export,
             "segmenter": self._segmenter,
@@ -178,6 +187,7 @@ class MedGen3DWidget(Container):
         self._cancel.changed.connect(self.cancel)
         self._contours.changed.connect(self._apply_contours)
         self._toggle_3d.changed.connect(self._toggle_ndisplay)
+        self._window.changed.connect(self._apply_window)
         self._export.changed.connect(self.export_pair)
         self._check.changed.connect(self.check_pair)
         for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
@@ -515,10 +525,27 @@ class MedGen3DWidget(Container):
             layer = self._viewer.add_labels(data, **kwargs)
             layer.contour = 1 if self._contours.value else 0
         else:
-            window = self._model.data.preprocessing.window if self._model is not None else None
-            if window is not None and window.modality == "ct":
-                kwargs["contrast_limits"] = (window.low, window.high)
+            kwargs["contrast_limits"] = self._display_window(data)
             self._viewer.add_image(data, **kwargs)
+
+    def _display_window(self, image: np.ndarray) -> tuple[float, float]:
+        """The contrast of the chosen preset: a CT window in HU, or (``auto``) the soft-tissue
+        window for CT and the 1st-99.5th percentiles for MRI, which has no absolute unit."""
+        preset = str(self._window.value)
+        window = self._model.data.preprocessing.window if self._model is not None else None
+        if preset == "auto":
+            if window is not None and window.modality == "ct":
+                preset = "soft tissue"
+            else:
+                low, high = np.percentile(image, [1.0, 99.5])
+                return float(low), float(max(high, low + 1e-6))
+        return CT_WINDOWS[preset]
+
+    def _apply_window(self) -> None:
+        """Apply the chosen contrast preset to the chosen Image layer."""
+        layer = self._image_layer.value
+        if layer is not None:
+            layer.contrast_limits = self._display_window(np.asarray(layer.data))
 
     def _show_preview(self, stage: str, preview: np.ndarray, affine: np.ndarray | None) -> None:
         # masks preview as labels, images as an image: one layer of each kind, never mixed

@@ -241,3 +241,15 @@ def test_export_pair_as_dicom(widget, qtbot, tmp_path) -> None:
     assert len(slices) == 9
     segments = pydicom.dcmread(tmp_path / "organs" / "seg.dcm").SegmentSequence
     assert [s.SegmentLabel for s in segments] == ["body", "heart"]
+
+
+def test_contrast_follows_the_models_modality_and_the_chosen_preset(widget, qtbot) -> None:
+    viewer, w = widget
+    w.generate_pair()
+    qtbot.waitUntil(lambda: "sample 0-0 image" in viewer.layers, timeout=TIMEOUT_MS)
+    _wait_idle(qtbot, w)
+    image = viewer.layers["sample 0-0 image"]
+    assert tuple(image.contrast_limits) == (-160.0, 240.0)  # CT model: soft tissue
+    w._image_layer.value = image
+    w._window.value = "lung"
+    assert tuple(image.contrast_limits) == (-1350.0, 150.0)
