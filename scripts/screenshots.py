@@ -54,8 +54,9 @@ def main() -> None:
     for hidden in args.hide:  # an envelope (body, head) would hide the organs inside it
         colours[int(labels.features["index"][names.index(hidden)])] = np.zeros(4)
     labels.colormap = DirectLabelColormap(color_dict=colours)
-    viewer.camera.angles = (-20, 35, 150)
-    viewer.camera.zoom = 1.1
+    camera = getattr(viewer, "scene", viewer).camera  # napari 0.9: viewer.scene.camera
+    camera.angles = (-20, 35, 150)
+    camera.zoom = 1.1
     shot = viewer.screenshot(str(solid), canvas_only=True, flash=False)
     print(f"wrote {flat} and {solid} (3D std {np.std(shot):.1f})")
     viewer.close()

@@ -65,6 +65,10 @@ log = logging.getLogger(__name__)
 PREVIEW_LAYER = "MedGen3D preview"
 OTHER_FILE = "Other file…"
 MODEL_CONVENTION = "model's own"
+# Labels that wrap the organs; transparent in 3D so the organs inside show.
+ENVELOPES = ("body", "head")
+# Camera angles of the 3D view: from the front, above and to the side.
+CAMERA_3D = (-20.0, 35.0, 150.0)
 # CT display windows (low, high) in HU: level -/+ half the width
 CT_WINDOWS = {
     "soft tissue": (-160.0, 240.0),
@@ -598,7 +602,38 @@ class MedGen3DWidget(Container):
                 layer.contour = 1 if self._contours.value else 0
 
     def _toggle_ndisplay(self) -> None:
-        self._viewer.dims.ndisplay = 3 if self._viewer.dims.ndisplay == 2 else 2
+        """Switch 2D/3D. In 3D the envelope labels (body, head) become transparent, so the
+        organs inside them show as surfaces, and the camera looks at them from the front
+        and above; back in 2D every label shows again."""
+        three_d = self._viewer.dims.ndisplay == 2
+        for layer in self._viewer.layers:
+            if isinstance(layer, Labels) and "name" in getattr(layer, "features", {}):
+                _show_envelopes(layer, not three_d)
+        self._viewer.dims.ndisplay = 3 if three_d else 2
+        if three_d:
+            # napari 0.9 moved the camera to viewer.scene; earlier versions have viewer.camera
+            scene = getattr(self._viewer, "scene", self._viewer)
+            scene.camera.angles = CAMERA_3D
+
+
+def _show_envelopes(layer: Any, visible: bool) -> None:
+    """Make a Labels layer's envelope labels (:data:`ENVELOPES`) transparent or restore
+    their colours."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    names = list(layer.features["name"])
+    values = list(layer.features["index"])
+    colours = dict(layer.colormap.color_dict)
+    saved = layer.metadata.setdefault("medgen3d_envelope_colours", {})
+    for value, name in zip(values, names, strict=True):
+        if name not in ENVELOPES:
+            continue
+        if visible and value in saved:
+            colours[value] = saved.pop(value)
+        elif not visible:
+            saved.setdefault(value, colours.get(value))
+            colours[value] = np.zeros(4)
+    layer.colormap = DirectLabelColormap(color_dict=colours)
 
 
 def _is_preview(layer: Any) -> bool:

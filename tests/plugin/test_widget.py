@@ -253,3 +253,28 @@ def test_contrast_follows_the_models_modality_and_the_chosen_preset(widget, qtbo
     w._image_layer.value = image
     w._window.value = "lung"
     assert tuple(image.contrast_limits) == (-1350.0, 150.0)
+
+
+def test_3d_view_makes_the_body_transparent_and_2d_restores_it(widget, qtbot) -> None:
+    viewer, w = widget
+    labels = np.zeros((9, 16, 16), dtype=np.uint8)
+    labels[:, 2:14, 2:14] = 1
+    labels[3:6, 6:10, 6:10] = 4
+    w._with_model(lambda: None)  # the tiny model's table names and colours
+    _wait_idle(qtbot, w)
+    w._add_volume(_volume_of(labels), "labels", "organs", None)
+    layer = viewer.layers["organs"]
+    body_colour = np.array(layer.colormap.color_dict[1])
+    w._toggle_ndisplay()
+    assert viewer.dims.ndisplay == 3
+    assert layer.colormap.color_dict[1][3] == 0  # the body is transparent
+    assert layer.colormap.color_dict[4][3] > 0  # the heart is not
+    w._toggle_ndisplay()
+    assert viewer.dims.ndisplay == 2
+    np.testing.assert_allclose(layer.colormap.color_dict[1], body_colour)
+
+
+def _volume_of(labels: np.ndarray):
+    from medgen3d.io import Volume
+
+    return Volume(labels, np.diag([2.0, 2.0, 3.0, 1.0]))
