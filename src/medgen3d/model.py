@@ -88,6 +88,14 @@ class GenerativeModel:
                     return int(depth["median"])
         return DEFAULT_DEPTH
 
+    def summary(self) -> str:
+        """One short line: what the model generates, on which grid."""
+        pre = self.data.preprocessing
+        return (
+            f"{Path(self.source).name or self.source}: {pre.window.modality.upper()}, "
+            f"{_size(pre.size)} at {_spacing(pre.spacing)}, {len(self.data.labels) - 1} labels"
+        )
+
     def describe(self) -> str:
         """A few readable lines: what the model generates and how it was trained."""
         pre = self.data.preprocessing

@@ -1,7 +1,7 @@
 """Every label and tooltip of the MedGen3D widget, in one table."""
 
 TOOLTIPS = {
-    "model": "A model bundled with the plugin (demo: thoracic phantom; brain-mri: T1 brain "
+    "model_name": "A model bundled with the plugin (demo: thoracic phantom; brain-mri: T1 brain "
     "MRI; headneck-ct: head-and-neck CT), or 'Other file…' to use the file below.",
     "model_file": "A model checkpoint (.pt). Picking masks.pt, images.pt or refiner.pt loads "
     "the whole model folder it sits in.",
@@ -12,7 +12,7 @@ TOOLTIPS = {
     "samples": "How many pairs to generate; sample i uses a seed derived from (seed, i).",
     "sampler": "Denoising sampler: ddim or rflow are fast; ddpm takes every training step.",
     "steps": "Denoising steps per sequence: fewer is faster, more is more faithful.",
-    "refine_strength": "How much the refiner may change the image: 0 keeps it as generated, "
+    "strength": "How much the refiner may change the image: 0 keeps it as generated, "
     "1 re-draws it entirely from the mask.",
     "refine_steps": "Denoising steps of the refiner.",
     "refine_sampler": "The refiner's sampler; auto picks the one it was trained for "

@@ -65,6 +65,45 @@ log = logging.getLogger(__name__)
 PREVIEW_LAYER = "MedGen3D preview"
 OTHER_FILE = "Other file…"
 MODEL_CONVENTION = "model's own"
+# The widget's sections, top to bottom, and their controls (attribute names without "_").
+SECTIONS = {
+    "Model": ("model_name", "model_file", "device", "load"),
+    "Generate": (
+        "seed",
+        "depth",
+        "samples",
+        "sampler",
+        "steps",
+        "strength",
+        "refine_steps",
+        "refine_sampler",
+        "guidance",
+        "generate_pair",
+        "generate_masks",
+        "cancel",
+    ),
+    "Edit & regenerate": (
+        "labels_layer",
+        "image_layer",
+        "label_map",
+        "label_map_file",
+        "complete",
+        "image_from_masks",
+        "refine",
+        "regenerate",
+    ),
+    "Inspect & export": (
+        "contours",
+        "toggle_3d",
+        "window",
+        "export_dir",
+        "export_format",
+        "export",
+        "segmenter",
+        "check",
+        "check_result",
+    ),
+}
 # Labels that wrap the organs; transparent in 3D so the organs inside show.
 ENVELOPES = ("body", "head")
 # Camera angles of the 3D view: from the front, above and to the side.
@@ -141,43 +180,7 @@ class MedGen3DWidget(Container):
         self._check = PushButton(text="Check pair")
         self._check_result = Label(value="")
 
-        controls = {
-            "model": self._model_name,
-            "model_file": self._model_file,
-            "device": self._device,
-            "load": self._load,
-            "seed": self._seed,
-            "depth": self._depth,
-            "samples": self._samples,
-            "sampler": self._sampler,
-            "steps": self._steps,
-            "refine_strength": self._strength,
-            "refine_steps": self._refine_steps,
-            "refine_sampler": self._refine_sampler,
-            "guidance": self._guidance,
-            "labels_layer": self._labels_layer,
-            "label_map": self._label_map,
-            "label_map_file": self._label_map_file,
-            "image_layer": self._image_layer,
-            "generate_pair": self._generate_pair,
-            "generate_masks": self._generate_masks,
-            "complete": self._complete,
-            "image_from_masks": self._image_from_masks,
-            "refine": self._refine,
-            "regenerate": self._regenerate,
-            "cancel": self._cancel,
-            "contours": self._contours,
-            "toggle_3d": self._toggle_3d,
-            "export_dir": self._export_dir,
-            "window": self._window,
-            "export_format": self._export_format,
-            "export": self._export,
-            "segmenter": self._segmenter,
-            "check": self._check,
-        }
-        for key, widget in controls.items():
-            widget.tooltip = TOOLTIPS[key]
-        self.extend([self._info, *controls.values(), self._check_result])
+        self._lay_out()
 
         # Choosing a file means "use this file": the name list follows.
         self._model_file.changed.connect(lambda: setattr(self._model_name, "value", OTHER_FILE))
@@ -196,6 +199,30 @@ class MedGen3DWidget(Container):
         self._check.changed.connect(self.check_pair)
         for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
             event.connect(self._refresh_layer_choices)
+
+    def _lay_out(self) -> None:
+        """The model line, then one collapsible section per step of the work
+        (:data:`SECTIONS`), each control with its tooltip."""
+        from superqt import QCollapsible
+
+        self.append(self._info)
+        self._check_result.native.setWordWrap(True)
+        self._sections = []
+        for title, keys in SECTIONS.items():
+            widgets = [getattr(self, f"_{key}") for key in keys]
+            for key, widget in zip(keys, widgets, strict=True):
+                widget.tooltip = TOOLTIPS.get(key, widget.tooltip)
+                if isinstance(widget, ComboBox):  # long entries must not widen the dock
+                    widget.native.setSizeAdjustPolicy(
+                        widget.native.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
+                    )
+                    widget.native.setMinimumContentsLength(14)
+            section = Container(widgets=widgets, labels=True)
+            collapsible = QCollapsible(title)
+            collapsible.addWidget(section.native)
+            collapsible.expand(animate=False)
+            self.native.layout().addWidget(collapsible)
+            self._sections.append(section)  # keep the magicgui containers alive
 
     # ---- actions (public so scripts and tests can press them) -------------------------
     def generate_pair(self) -> None:
@@ -383,7 +410,8 @@ class MedGen3DWidget(Container):
 
         def loaded(result: dict) -> None:
             self._model, self._model_key = result["model"], key
-            self._info.value = self._model.describe()
+            self._info.value = self._model.summary()  # the whole description on hover
+            self._info.tooltip = self._model.describe()
             if self._depth.value == self._depth_default:  # not changed by the user
                 self._depth.value = self._depth_default = self._model.typical_depth
             self._pending = then  # runs once this worker has finished and cleaned up

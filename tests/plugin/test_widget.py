@@ -58,7 +58,7 @@ def test_generate_pair_adds_aligned_layers_with_label_names(widget, qtbot) -> No
     np.testing.assert_allclose(labels.scale, image.scale)
     np.testing.assert_allclose(labels.translate, image.translate)
     assert list(labels.features["name"]) == list(DATA.labels.names)
-    assert "4 heart" in w._info.value
+    assert "4 heart" in w._info.tooltip and "16x16" in w._info.value
 
 
 def test_complete_from_seeds_keeps_painted_slices(widget, qtbot) -> None:
@@ -278,3 +278,15 @@ def _volume_of(labels: np.ndarray):
     from medgen3d.io import Volume
 
     return Volume(labels, np.diag([2.0, 2.0, 3.0, 1.0]))
+
+
+def test_widget_fits_beside_the_canvas_after_loading_a_model(widget, qtbot) -> None:
+    from superqt import QCollapsible
+
+    _, w = widget
+    w._with_model(lambda: None)
+    _wait_idle(qtbot, w)
+    assert w._model is not None
+    titles = [c.text() for c in w.native.findChildren(QCollapsible)]
+    assert titles == ["Model", "Generate", "Edit & regenerate", "Inspect & export"]
+    assert w.native.sizeHint().width() <= 420
