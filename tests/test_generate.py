@@ -96,8 +96,13 @@ def test_seeds_of_another_size_or_values_are_refused(model: GenerativeModel) -> 
         drain(generate_masks(model, FAST, seeds=Volume(np.zeros((12, 8, 8), np.uint8), np.eye(4))))
     bad = np.zeros((12, 16, 16), np.uint8)
     bad[0, 0, 0] = 99
+    on_grid = model_grid(model.data, 12)
     with pytest.raises(InputError, match="99"):
-        drain(generate_masks(model, FAST, seeds=Volume(bad, np.eye(4))))
+        drain(generate_masks(model, FAST, seeds=Volume(bad, on_grid)))
+    with pytest.raises(InputError, match="spacing 1 x 1 x 1 mm"):
+        drain(
+            generate_masks(model, FAST, seeds=Volume(np.zeros((12, 16, 16), np.uint8), np.eye(4)))
+        )
 
 
 def test_regenerating_edited_slices_leaves_the_rest_untouched(model: GenerativeModel) -> None:
