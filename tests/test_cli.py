@@ -145,3 +145,29 @@ def test_unusable_outputs_are_refused_before_any_work(
     assert main(filled) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
     assert len(errors) == 1 and problem in errors[0]
+
+
+@pytest.mark.parametrize(
+    ("stage", "section", "problem"),
+    [
+        ("masks", {"channels": [32, "wide"]}, "masks.model"),
+        ("images", {"generator": {"channels": "many"}}, "images.model"),
+        ("refiner", {"no_such_key": 1}, "refiner.model"),
+    ],
+)
+def test_a_bad_model_section_of_a_recipe_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture, stage: str, section: dict, problem: str
+) -> None:
+    import json
+
+    demo = Path(__file__).parents[1] / "resources" / "recipes" / "demo_phantom.json"
+    recipe = json.loads(demo.read_text())
+    recipe[stage]["model"] = section
+    path = tmp_path / "recipe.json"
+    path.write_text(json.dumps(recipe))
+    data = tmp_path / "data"
+    assert main(["phantom", "--out", str(data), "-n", "1", "--shape", "16", "16", "16"]) == 0
+    argv = ["train", stage, "--data", str(data), "--config", str(path)]
+    assert main([*argv, "--out", str(tmp_path / "c.pt"), "--device", "cpu"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "recipe.json" in errors[0] and problem in errors[0]

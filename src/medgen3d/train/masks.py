@@ -40,13 +40,9 @@ def build_task(data: DataSpec, stage: StageRecipe, runtime: Runtime) -> MaskTask
     """The ``masks`` stage's task, as :func:`medgen3d.train.run.train_stage` needs it.
 
     Raises:
-        InputError: when the recipe's ``masks.model`` section is invalid.
+        ValueError: naming the key, for an invalid ``masks.model`` section.
     """
-    try:
-        model = MaskDiffusionModel.build(data, stage.model)
-    except ValueError as exc:
-        raise InputError(f"masks.model: {exc}") from exc
-    return MaskTask(model, stage.training, runtime)
+    return MaskTask(MaskDiffusionModel.build(data, stage.model), stage.training, runtime)
 
 
 class MaskTask(TrainingTask):

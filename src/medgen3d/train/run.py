@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from medgen3d.checkpoint import load_checkpoint
+from medgen3d.errors import InputError
 from medgen3d.model import stage_file
 from medgen3d.recipe import Recipe, load_recipe
 from medgen3d.runtime import Runtime, distributed_runtime
@@ -103,9 +104,14 @@ def _train(stage, data_dir, recipe, settings, out, runtime, resume, overwrite, p
         )
     torch.manual_seed(settings.seed)  # identical initial weights on every rank
     module = importlib.import_module(STAGE_TASKS[stage])
-    task = module.build_task(
-        recipe.data, dataclasses.replace(recipe.stage(stage), training=settings), runtime
-    )
+    try:
+        task = module.build_task(
+            recipe.data, dataclasses.replace(recipe.stage(stage), training=settings), runtime
+        )
+    except InputError:
+        raise
+    except (ValueError, TypeError, KeyError) as exc:  # every stage's config checks raise these
+        raise InputError(f"{stage}.model: {exc}", recipe.path) from exc
     provenance = {
         "data": str(Path(data_dir).resolve()),
         "cases": len(bank),
