@@ -101,7 +101,7 @@ def check_report_folder(out_dir: str | Path, overwrite: bool) -> None:
 
 # ---- markdown ----------------------------------------------------------------------------
 def _markdown(metrics: dict[str, Any], command: str | None, figures: Sequence[str]) -> str:
-    cases, labels = metrics["cases"], metrics["labels"]
+    cases = metrics["cases"]
     seg = metrics["settings"]["segmenter"]
     lines = ["# Evaluation of synthetic pairs", ""]
     if command:
@@ -127,8 +127,21 @@ def _markdown(metrics: dict[str, Any], command: str | None, figures: Sequence[st
     if "samples" in figures:
         lines += ["![samples](figures/samples.png)", ""]
 
+    for section in (
+        _alignment_section,
+        _from_masks_section,
+        _fidelity_section,
+        _diversity_section,
+        _anatomy_section,
+        _downstream_section,
+    ):
+        lines += section(metrics)
+    return "\n".join(lines)
+
+
+def _alignment_section(metrics: dict[str, Any]) -> list[str]:
     align = metrics["alignment_dice"]
-    lines += [
+    return [
         "## Alignment",
         "",
         "A segmenter trained on real pairs, applied to each synthetic image and scored "
@@ -139,7 +152,7 @@ def _markdown(metrics: dict[str, Any], command: str | None, figures: Sequence[st
         *(
             f"| {name} | {_num(r)} | {_num(s)} |"
             for name, r, s in zip(
-                labels,
+                metrics["labels"],
                 align["real_held_out"]["per_label"],
                 align["synthetic"]["per_label"],
                 strict=True,
@@ -152,10 +165,10 @@ def _markdown(metrics: dict[str, Any], command: str | None, figures: Sequence[st
         "",
     ]
 
-    lines += _from_masks_section(metrics)
 
+def _fidelity_section(metrics: dict[str, Any]) -> list[str]:
     fid = metrics["fidelity"]
-    lines += [
+    return [
         "## Fidelity",
         "",
         "Fréchet and kernel distances between the segmenter's encoder features of axial, "
@@ -170,8 +183,10 @@ def _markdown(metrics: dict[str, Any], command: str | None, figures: Sequence[st
         "",
     ]
 
+
+def _diversity_section(metrics: dict[str, Any]) -> list[str]:
     div = metrics["diversity"]
-    lines += [
+    return [
         "## Diversity",
         "",
         "Mean pairwise MS-SSIM between images of one set (lower = more diverse).",
@@ -182,9 +197,11 @@ def _markdown(metrics: dict[str, Any], command: str | None, figures: Sequence[st
         "",
     ]
 
+
+def _anatomy_section(metrics: dict[str, Any]) -> list[str]:
     anatomy = metrics["anatomy"]
     columns = list(next(iter(anatomy.values())))
-    lines += [
+    lines = [
         "## Mask anatomy",
         "",
         "| label | " + " | ".join(c.replace("_", " ") for c in columns) + " |",
@@ -197,41 +214,43 @@ def _markdown(metrics: dict[str, Any], command: str | None, figures: Sequence[st
         "![anatomy](figures/anatomy.png)",
         "",
     ]
-    flagged = metrics["implausible_samples"]
+    flagged, total = metrics["implausible_samples"], metrics["cases"]["synthetic"]
     if flagged:
-        lines += [f"Implausible synthetic masks ({len(flagged)} of {cases['synthetic']}):", ""]
+        lines += [f"Implausible synthetic masks ({len(flagged)} of {total}):", ""]
         lines += [f"- `{case}`: {'; '.join(reasons)}" for case, reasons in flagged.items()]
     else:
         lines += ["No synthetic mask was flagged as implausible."]
-    lines.append("")
+    return [*lines, ""]
 
+
+def _downstream_section(metrics: dict[str, Any]) -> list[str]:
     down = metrics["downstream_dice"]
-    if down is not None:
-        dice = down["dice"]
-        lines += [
-            "## Downstream segmentation",
-            "",
-            f"The same segmenter trained on {down['real_cases']} real cases, on those plus "
-            f"{down['synthetic_cases']} synthetic ones, and on the synthetic ones alone "
-            f"({down['steps']} steps each), scored on {down['held_out_cases']} held-out real "
-            "cases.",
-            "",
-            "| label | " + " | ".join(DOWNSTREAM_ARMS) + " |",
-            "|---|" + "---|" * len(DOWNSTREAM_ARMS),
-            *(
-                f"| {name} | "
-                + " | ".join(_num(dice[arm]["per_label"][i]) for arm in DOWNSTREAM_ARMS)
-                + " |"
-                for i, name in enumerate(labels)
-            ),
-            "| **mean** | "
-            + " | ".join(f"**{_num(dice[arm]['mean'])}**" for arm in DOWNSTREAM_ARMS)
-            + " |",
-            "",
-            "![downstream](figures/downstream.png)",
-            "",
-        ]
-    return "\n".join(lines)
+    if down is None:
+        return []
+    dice = down["dice"]
+    return [
+        "## Downstream segmentation",
+        "",
+        f"The same segmenter trained on {down['real_cases']} real cases, on those plus "
+        f"{down['synthetic_cases']} synthetic ones, and on the synthetic ones alone "
+        f"({down['steps']} steps each), scored on {down['held_out_cases']} held-out real "
+        "cases.",
+        "",
+        "| label | " + " | ".join(DOWNSTREAM_ARMS) + " |",
+        "|---|" + "---|" * len(DOWNSTREAM_ARMS),
+        *(
+            f"| {name} | "
+            + " | ".join(_num(dice[arm]["per_label"][i]) for arm in DOWNSTREAM_ARMS)
+            + " |"
+            for i, name in enumerate(metrics["labels"])
+        ),
+        "| **mean** | "
+        + " | ".join(f"**{_num(dice[arm]['mean'])}**" for arm in DOWNSTREAM_ARMS)
+        + " |",
+        "",
+        "![downstream](figures/downstream.png)",
+        "",
+    ]
 
 
 def _from_masks_section(metrics: dict[str, Any]) -> list[str]:
