@@ -7,7 +7,9 @@ STAMP := $(VENV)/.installed
 TORCH ?= torch==2.13.0
 XVFB := $(shell command -v xvfb-run 2>/dev/null)
 
-.PHONY: demo demo-model demo-report test lint clean
+.PHONY: demo demo-model demo-report brain-model headneck-model brain-report headneck-report \
+	test lint clean
+SHARED ?= ../shared/data
 
 $(STAMP): setup.cfg pyproject.toml
 	python3 -m venv $(VENV)
@@ -33,6 +35,23 @@ demo-model: $(STAMP)
 # Evaluate the demo model against fresh phantoms into resources/reports/demo/.
 demo-report: $(STAMP)
 	scripts/demo_report.sh
+
+# Train or continue the real-anatomy models on this machine (resumable; runs/ keeps the
+# optimiser state) and pack their weights into the package.
+brain-model: $(STAMP)
+	scripts/train_model.sh resources/recipes/brain_mri_ixi.json $(SHARED)/mri_brain_ixi \
+		runs/brain_mri src/medgen3d/brain_mri
+
+headneck-model: $(STAMP)
+	scripts/train_model.sh resources/recipes/ct_headneck_openkbp.json \
+		$(SHARED)/ct_headneck_openkbp runs/headneck_ct src/medgen3d/headneck_ct
+
+# Evaluate them against their own held-out cases into resources/reports/.
+brain-report: $(STAMP)
+	scripts/model_report.sh brain-mri $(SHARED)/mri_brain_ixi brain_mri
+
+headneck-report: $(STAMP)
+	scripts/model_report.sh headneck-ct $(SHARED)/ct_headneck_openkbp headneck_ct
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks scripts
