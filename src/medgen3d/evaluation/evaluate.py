@@ -169,12 +169,7 @@ def evaluate(
     num_classes = len(names)
     real = CaseBank.from_folder(real_dir, data)
     synthetic = CaseBank.from_folder(synthetic_dir, dataclasses.replace(data, label_mapping=None))
-    if settings.held_out_names:
-        train_ids, held_ids = split_by_names(real.names, settings.held_out_names, real_dir)
-        reference = real.subset(held_ids)  # what the generator never saw
-    else:
-        train_ids, held_ids = split_real(len(real), settings.held_out, settings.seed)
-        reference = real
+    train_ids, held_ids, reference = _split(real, settings, real_dir)
     segmenter_source = "given" if segmenter is not None else "trained on the real set"
     if segmenter is None:
         segmenter = yield from _train(real, train_ids, num_classes, settings, device, "alignment")
@@ -195,10 +190,10 @@ def evaluate(
     if settings.from_masks:
         if model is None:
             raise InputError("images from real masks need the model (--model)")
-        work = images_from_real_masks(
-            model, real, held_ids[: settings.from_masks], segmenter, settings.seed
+        chosen = held_ids[: settings.from_masks]
+        from_masks = yield from images_from_real_masks(
+            model, real, chosen, segmenter, settings.seed
         )
-        from_masks = yield from work
 
     fidelity = _fidelity(segmenter, reference, synthetic, settings.seed)
     yield Progress("fidelity", 1, 1)
@@ -237,6 +232,19 @@ def evaluate(
     }
     volumes = {k: np.stack([a.volume_ml for a in v]) for k, v in anatomy.items()}
     return Evaluation(_plain(metrics), data, reference, synthetic, segmenter, volumes)
+
+
+def _split(
+    real: CaseBank, settings: EvaluationSettings, source: str | Path
+) -> tuple[list[int], list[int], CaseBank]:
+    """Segmenter-training and held-out indices, and the real reference of the comparisons:
+    the model's own held-out cases when it lists them (what the generator never saw), else
+    a seeded split and the whole real set."""
+    if settings.held_out_names:
+        train_ids, held_ids = split_by_names(real.names, settings.held_out_names, source)
+        return train_ids, held_ids, real.subset(held_ids)
+    train_ids, held_ids = split_real(len(real), settings.held_out, settings.seed)
+    return train_ids, held_ids, real
 
 
 def split_by_names(
