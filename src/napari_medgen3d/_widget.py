@@ -26,6 +26,7 @@ from magicgui.widgets import (
     FloatSlider,
     FloatSpinBox,
     Label,
+    ProgressBar,
     PushButton,
     SpinBox,
 )
@@ -80,6 +81,7 @@ SECTIONS = {
         "guidance",
         "generate_pair",
         "generate_masks",
+        "progress",
         "cancel",
     ),
     "Edit & regenerate": (
@@ -95,6 +97,7 @@ SECTIONS = {
     "Inspect & export": (
         "contours",
         "toggle_3d",
+        "volume_3d",
         "window",
         "export_dir",
         "export_format",
@@ -170,8 +173,12 @@ class MedGen3DWidget(Container):
         self._refine = PushButton(text="Refine image")
         self._regenerate = PushButton(text="Regenerate edited slices")
         self._cancel = PushButton(text="Cancel", enabled=False)
+        # the running job's progress in the widget itself, beside Cancel (napari's activity
+        # dock shows it too)
+        self._progress = ProgressBar(value=0, max=1, visible=False)
         self._contours = CheckBox(value=False, text="Contours only")
         self._toggle_3d = PushButton(text="Switch 2D / 3D")
+        self._volume_3d = CheckBox(value=False, text="Image as volume in 3D")
         self._export_dir = FileEdit(mode="d", label="Export to")
         self._window = ComboBox(choices=("auto", *CT_WINDOWS), value="auto", label="Window")
         self._export_format = ComboBox(choices=("NIfTI", "DICOM"), label="Export as")
@@ -195,6 +202,7 @@ class MedGen3DWidget(Container):
         self._contours.changed.connect(self._apply_contours)
         self._toggle_3d.changed.connect(self._toggle_ndisplay)
         self._window.changed.connect(self._apply_window)
+        self._volume_3d.changed.connect(self._show_image_volume)
         self._export.changed.connect(self.export_pair)
         self._check.changed.connect(self.check_pair)
         for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
@@ -483,8 +491,19 @@ class MedGen3DWidget(Container):
             bar.set_description(f"MedGen3D {report.stage}")
         bar.n = report.done
         bar.refresh()
+        self._show_progress(report)
         if report.preview is not None and worker is self._worker:
             self._show_preview(report.stage, report.preview, report.affine)
+
+    def _show_progress(self, report: Any) -> None:
+        """The report in the widget's own progress bar, unless the dock is already gone (a
+        viewer closed while a job's last reports were queued)."""
+        try:
+            self._progress.max = max(report.total, 1)
+            self._progress.value = min(report.done, report.total)
+            self._progress.label = report.stage
+        except RuntimeError:  # the Qt widget was deleted with the viewer
+            pass
 
     def _add_results(self, result: dict) -> None:
         """Add each returned ``(volume, name[, settings])`` as a layer (``labels*`` keys
@@ -521,6 +540,8 @@ class MedGen3DWidget(Container):
 
     def _set_busy(self, busy: bool) -> None:
         self._cancel.enabled = busy
+        self._progress.visible = busy
+        self._progress.value = 0
         for button in (
             self._generate_pair,
             self._generate_masks,
@@ -629,14 +650,24 @@ class MedGen3DWidget(Container):
             if isinstance(layer, Labels) and GEOMETRY_KEY in layer.metadata:
                 layer.contour = 1 if self._contours.value else 0
 
+    def _show_image_volume(self) -> None:
+        """In 3D, show or hide the images as volume renderings beside the label surfaces."""
+        if self._viewer.dims.ndisplay == 3:
+            for layer in self._viewer.layers:
+                if isinstance(layer, Image) and not _is_preview(layer):
+                    layer.visible = bool(self._volume_3d.value)
+
     def _toggle_ndisplay(self) -> None:
         """Switch 2D/3D. In 3D the envelope labels (body, head) become transparent, so the
-        organs inside them show as surfaces, and the camera looks at them from the front
-        and above; back in 2D every label shows again."""
+        organs inside them show as surfaces, the images hide unless *Image as volume in 3D*
+        is ticked, and the camera looks at the organs from the front and above; back in 2D
+        everything shows again."""
         three_d = self._viewer.dims.ndisplay == 2
         for layer in self._viewer.layers:
             if isinstance(layer, Labels) and "name" in getattr(layer, "features", {}):
                 _show_envelopes(layer, not three_d)
+            elif isinstance(layer, Image) and not _is_preview(layer):
+                layer.visible = not three_d or bool(self._volume_3d.value)
         self._viewer.dims.ndisplay = 3 if three_d else 2
         if three_d:
             # napari 0.9 moved the camera to viewer.scene; earlier versions have viewer.camera

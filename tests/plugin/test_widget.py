@@ -86,6 +86,7 @@ def test_cancel_leaves_layers_as_they_were(widget, qtbot) -> None:
     names = [layer.name for layer in viewer.layers]
     w.generate_pair()
     qtbot.waitUntil(lambda: w._bar is not None, timeout=TIMEOUT_MS)  # work under way
+    assert not w._progress.native.isHidden() and w._cancel.enabled  # both in the widget
     outcome = []
     w._worker.aborted.connect(lambda: outcome.append("aborted"))
     w._worker.errored.connect(lambda exc: outcome.append(f"failed: {exc}"))
@@ -265,12 +266,16 @@ def test_3d_view_makes_the_body_transparent_and_2d_restores_it(widget, qtbot) ->
     w._add_volume(_volume_of(labels), "labels", "organs", None)
     layer = viewer.layers["organs"]
     body_colour = np.array(layer.colormap.color_dict[1])
+    image = viewer.add_image(np.zeros(labels.shape, np.float32), name="ct")
     w._toggle_ndisplay()
     assert viewer.dims.ndisplay == 3
     assert layer.colormap.color_dict[1][3] == 0  # the body is transparent
     assert layer.colormap.color_dict[4][3] > 0  # the heart is not
+    assert not image.visible  # the organs first; the image volume on request
+    w._volume_3d.value = True
+    assert image.visible
     w._toggle_ndisplay()
-    assert viewer.dims.ndisplay == 2
+    assert viewer.dims.ndisplay == 2 and image.visible
     np.testing.assert_allclose(layer.colormap.color_dict[1], body_colour)
 
 
