@@ -66,6 +66,9 @@ log = logging.getLogger(__name__)
 PREVIEW_LAYER = "MedGen3D preview"
 OTHER_FILE = "Other file…"
 MODEL_CONVENTION = "model's own"
+# Where the widget keeps what it remembers between sessions (QSettings organisation, app)
+SETTINGS_SCOPE = ("napari-medgen3d", "widget")
+RECENT_MODELS = 5
 # The widget's sections, top to bottom, and their controls (attribute names without "_").
 SECTIONS = {
     "Model": ("model_name", "model_file", "device", "load"),
@@ -133,7 +136,7 @@ class MedGen3DWidget(Container):
         self._bar: progress | None = None
         self._pending: Callable[[], None] | None = None
 
-        self._model_name = ComboBox(choices=(*bundled_models(), OTHER_FILE), label="Model")
+        self._model_name = ComboBox(choices=self._model_choices, label="Model")
         self._model_file = FileEdit(mode="r", filter="*.pt", label="Model file", value="")
         self._device = ComboBox(choices=choices(Device), value=Device.AUTO.value, label="Device")
         self._load = PushButton(text="Load model")
@@ -418,6 +421,9 @@ class MedGen3DWidget(Container):
 
         def loaded(result: dict) -> None:
             self._model, self._model_key = result["model"], key
+            if key[0] not in bundled_models():
+                _remember_model(key[0])
+                self._model_name.reset_choices()
             self._info.value = self._model.summary()  # the whole description on hover
             self._info.tooltip = self._model.describe()
             if self._depth.value == self._depth_default:  # not changed by the user
@@ -425,6 +431,10 @@ class MedGen3DWidget(Container):
             self._pending = then  # runs once this worker has finished and cleaned up
 
         self._start(load, on_result=loaded, needs_model=False)
+
+    def _model_choices(self, _widget: Any = None) -> list[str]:
+        """The bundled models, then the model files loaded recently, then "Other file…"."""
+        return [*bundled_models(), *_recent_models(), OTHER_FILE]
 
     def _model_spec(self) -> str:
         if self._model_name.value != OTHER_FILE:
@@ -673,6 +683,22 @@ class MedGen3DWidget(Container):
             # napari 0.9 moved the camera to viewer.scene; earlier versions have viewer.camera
             scene = getattr(self._viewer, "scene", self._viewer)
             scene.camera.angles = CAMERA_3D
+
+
+def _recent_models() -> list[str]:
+    """Model files and folders loaded recently (Qt settings), those that still exist."""
+    from qtpy.QtCore import QSettings
+
+    value = QSettings(*SETTINGS_SCOPE).value("recent_models", [])
+    paths = [value] if isinstance(value, str) else list(value or [])
+    return [p for p in paths if Path(p).exists()]
+
+
+def _remember_model(path: str) -> None:
+    from qtpy.QtCore import QSettings
+
+    recent = [path, *[p for p in _recent_models() if p != path]][:RECENT_MODELS]
+    QSettings(*SETTINGS_SCOPE).setValue("recent_models", recent)
 
 
 def _show_envelopes(layer: Any, visible: bool) -> None:

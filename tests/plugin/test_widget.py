@@ -34,6 +34,19 @@ def widget(make_napari_viewer, tiny_model: Path, qtbot):
     return viewer, widget
 
 
+@pytest.fixture(autouse=True)
+def own_settings(monkeypatch, tmp_path):
+    """The widget's remembered settings (recent models) in a scope of this test's own."""
+    from qtpy.QtCore import QSettings
+
+    import napari_medgen3d._widget as module
+
+    scope = ("napari-medgen3d-tests", tmp_path.name)
+    monkeypatch.setattr(module, "SETTINGS_SCOPE", scope)
+    yield
+    QSettings(*scope).clear()
+
+
 def _wait_idle(qtbot, widget) -> None:
     qtbot.waitUntil(lambda: widget._worker is None and widget._pending is None, timeout=TIMEOUT_MS)
 
@@ -156,6 +169,22 @@ def test_model_list_offers_the_bundled_models_and_follows_a_chosen_file(
     w._model_file.value = tiny_model / "images.pt"
     assert w._model_name.value == OTHER_FILE
     assert w._model_spec() == str(tiny_model)
+
+
+def test_a_loaded_model_file_is_offered_by_name_next_time(
+    make_napari_viewer, tiny_model: Path, qtbot
+) -> None:
+    from medgen3d.bundled import bundled_models
+    from napari_medgen3d._widget import OTHER_FILE, MedGen3DWidget
+
+    w = MedGen3DWidget(make_napari_viewer())
+    w._model_file.value = tiny_model / "masks.pt"
+    w._with_model(lambda: None)
+    _wait_idle(qtbot, w)
+    again = MedGen3DWidget(make_napari_viewer())
+    assert list(again._model_name.choices) == [*bundled_models(), str(tiny_model), OTHER_FILE]
+    again._model_name.value = str(tiny_model)
+    assert again._model_spec() == str(tiny_model)
 
 
 def test_controls_are_read_on_the_gui_thread(widget, qtbot) -> None:
