@@ -263,17 +263,31 @@ class MedGen3DWidget(Container):
         label = _volume(layer)
         mapping_spec = self._mapping_spec()
 
-        def work(model: GenerativeModel, settings: GenerationSettings) -> Generator:
-            from medgen3d.generate import check_mask_extent, conform_labels, image_from_masks
+        def start() -> None:
+            # Checked once the model is loaded, on the GUI thread, before any work: a mask
+            # it cannot take is an error, one outside its training sizes a warning.
+            from medgen3d.generate import check_mask_extent, conform_labels
             from medgen3d.labels import label_mapping
 
-            mapping = None if mapping_spec is None else label_mapping(mapping_spec)
-            conformed = conform_labels(model, label, layer.name, mapping)
-            warning = check_mask_extent(model, conformed, layer.name)
-            image = yield from image_from_masks(model, conformed, settings, source=layer.name)
-            return {"image": (image, f"{layer.name} image"), "warning": warning}
+            try:
+                mapping = None if mapping_spec is None else label_mapping(mapping_spec)
+                conformed = conform_labels(self._model, label, layer.name, mapping)
+                warning = check_mask_extent(self._model, conformed, layer.name)
+            except InputError as exc:
+                show_error(f"MedGen3D: {exc}")
+                return
+            if warning:
+                show_warning(f"MedGen3D: {warning}")
 
-        self._with_model(lambda: self._start(work))
+            def work(model: GenerativeModel, settings: GenerationSettings) -> Generator:
+                from medgen3d.generate import image_from_masks
+
+                image = yield from image_from_masks(model, conformed, settings, source=layer.name)
+                return {"image": (image, f"{layer.name} image")}
+
+            self._start(work)
+
+        self._with_model(start)
 
     def _mapping_spec(self) -> str | None:
         """The label mapping chosen: ``None`` for the model's own conventions."""
@@ -517,14 +531,9 @@ class MedGen3DWidget(Container):
 
     def _add_results(self, result: dict) -> None:
         """Add each returned ``(volume, name[, settings])`` as a layer (``labels*`` keys
-        become Labels layers, the others Image layers; a ``warning`` entry becomes a
-        notification). Images go in first, so every label layer lies above the images and
-        its overlay is visible without reordering."""
+        become Labels layers, the others Image layers). Images go in first, so every label
+        layer lies above the images and its overlay is visible without reordering."""
         self._remove_preview()
-        result = dict(result)
-        warning = result.pop("warning", None)
-        if warning:
-            show_warning(f"MedGen3D: {warning}")
         ordered = sorted(result.items(), key=lambda item: item[0].startswith("labels"))
         for key, (volume, name, *rest) in ordered:
             kind = "labels" if key.startswith("labels") else "image"
