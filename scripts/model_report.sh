@@ -9,7 +9,8 @@
 # runs/report-MODEL). The real set is the whole dataset folder: with --model-holdout the
 # model's held-out cases (never trained on) score the segmenters and are the reference of
 # every comparison, the other cases train the segmenters; N of the held-out masks are also
-# turned into images (--from-masks) and compared with their real images.
+# turned into images (--from-masks) and compared with their real images. EVALUATE_ARGS
+# (environment) adds options to `medgen3d evaluate`, e.g. "--no-downstream".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=$1 DATA=$2 REPORT=$3 N=${4:-8}
@@ -18,4 +19,5 @@ BIN=${MEDGEN3D:-.venv/bin/medgen3d}
 
 "$BIN" generate --model "$MODEL" --out "$WORK/synthetic" -n "$N" --seed 0 --overwrite
 "$BIN" evaluate --real "$DATA" --synthetic "$WORK/synthetic" --model "$MODEL" \
-    --model-holdout --from-masks "$N" --out "resources/reports/$REPORT" --overwrite
+    --model-holdout --from-masks "$N" --out "resources/reports/$REPORT" --overwrite \
+    ${EVALUATE_ARGS:-}
