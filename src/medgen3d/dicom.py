@@ -18,6 +18,7 @@ description that says so, and a patient name of ``Synthetic^MedGen3D``.
 from __future__ import annotations
 
 import datetime
+from io import BytesIO
 from pathlib import Path
 
 import highdicom as hd
@@ -211,10 +212,8 @@ def _segmentation(
     return seg
 
 
-def _as_file(ds: Dataset):
+def _as_file(ds: Dataset) -> BytesIO:
     """``ds`` round-tripped through bytes, as highdicom expects datasets read from files."""
-    from io import BytesIO
-
     buffer = BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     buffer.seek(0)
