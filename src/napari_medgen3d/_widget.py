@@ -87,7 +87,7 @@ SECTIONS = {
         "progress",
         "cancel",
     ),
-    "Edit & regenerate": (
+    "Edit and regenerate": (
         "labels_layer",
         "image_layer",
         "label_map",
@@ -97,7 +97,7 @@ SECTIONS = {
         "refine",
         "regenerate",
     ),
-    "Inspect & export": (
+    "Inspect and export": (
         "contours",
         "toggle_3d",
         "volume_3d",

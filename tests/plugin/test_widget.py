@@ -322,5 +322,5 @@ def test_widget_fits_beside_the_canvas_after_loading_a_model(widget, qtbot) -> N
     _wait_idle(qtbot, w)
     assert w._model is not None
     titles = [c.text() for c in w.native.findChildren(QCollapsible)]
-    assert titles == ["Model", "Generate", "Edit & regenerate", "Inspect & export"]
+    assert titles == ["Model", "Generate", "Edit and regenerate", "Inspect and export"]
     assert w.native.sizeHint().width() <= 420
