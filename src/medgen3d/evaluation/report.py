@@ -278,13 +278,18 @@ def _from_masks_section(metrics: dict[str, Any]) -> list[str]:
         "| label | mean, real | mean, generated | Dice, real image | Dice, generated image |",
         "|---|---|---|---|---|",
         *(
-            f"| {name} | {_num(rm, 1)} | {_num(gm, 1)} | {_num(rd)} | {_num(gd)} |"
+            f"| {name} | {_significant(rm)} | {_significant(gm)} | {_num(rd)} | {_num(gd)} |"
             for name, rm, gm, rd, gd in rows
         ),
         f"| **mean** | | | **{_num(dice['real']['mean'])}** | "
         f"**{_num(dice['generated']['mean'])}** |",
         "",
     ]
+
+
+def _significant(value: float | None) -> str:
+    """Three significant digits: HU and MRI's [0, 1] scale alike."""
+    return "–" if value is None else f"{value:.3g}"
 
 
 def _num(value: float | None, digits: int = 3) -> str:
