@@ -19,7 +19,7 @@ from pathlib import Path
 
 from medgen3d.errors import InputError
 from medgen3d.foreground import ForegroundFill
-from medgen3d.io import NIFTI_SUFFIXES, Volume, load_pair
+from medgen3d.io import NIFTI_SUFFIXES, Volume, is_nifti_path, load_pair, nifti_stem
 from medgen3d.labels import LabelTable
 from medgen3d.preprocessing import Preprocessing, preprocess_pair
 
@@ -69,7 +69,7 @@ def case_from_file(path: str | Path) -> CasePaths:
     path = Path(path)
     if not path.is_file():
         raise InputError("no such file", path)
-    stem = path.name[: -len(".json")] if path.suffix == ".json" else _strip_nifti_suffix(path.name)
+    stem = path.name[: -len(".json")] if path.suffix == ".json" else nifti_stem(path)
     case = stem.removesuffix("_image").removesuffix("_label")
     image = _first_existing(path.parent, f"{case}_image")
     label = _first_existing(path.parent, f"{case}_label")
@@ -126,27 +126,20 @@ def load_case(
     return image, label
 
 
-def _strip_nifti_suffix(name: str) -> str:
-    for suffix in sorted(NIFTI_SUFFIXES, key=len, reverse=True):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
 def _nifti_files(folder: Path) -> list[Path]:
     """NIfTI files in ``folder``, skipping hidden ones (temporary outputs start with a dot)."""
     found = (p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-    return sorted(p for p in found if p.name.lower().endswith(NIFTI_SUFFIXES))
+    return sorted(p for p in found if is_nifti_path(p))
 
 
 def _msd_or_nnunet(root: Path) -> list[CasePaths]:
     images_dir, labels_dir = root / "imagesTr", root / "labelsTr"
     if not (images_dir.is_dir() and labels_dir.is_dir()):
         return []
-    labels = {_strip_nifti_suffix(p.name): p for p in _nifti_files(labels_dir)}
+    labels = {nifti_stem(p): p for p in _nifti_files(labels_dir)}
     pairs = []
     for image in _nifti_files(images_dir):
-        stem = _strip_nifti_suffix(image.name)
+        stem = nifti_stem(image)
         case, channel = _split_nnunet_channel(stem)
         if stem in labels:  # MSD, checked first: case ids such as "case_0001" look like channels
             pairs.append(CasePaths(stem, image, labels[stem]))
@@ -170,7 +163,7 @@ def _split_nnunet_channel(stem: str) -> tuple[str, str | None]:
 def _paired_files(root: Path) -> list[CasePaths]:
     pairs = []
     for image in _nifti_files(root):
-        stem = _strip_nifti_suffix(image.name)
+        stem = nifti_stem(image)
         if not stem.endswith("_image"):
             continue
         case = stem[: -len("_image")]

@@ -21,7 +21,14 @@ import numpy as np
 
 from medgen3d import __version__
 from medgen3d.errors import InputError, OutputExistsError
-from medgen3d.io import Volume, atomic_outputs, is_nifti_path, load_volume, save_volume
+from medgen3d.io import (
+    Volume,
+    atomic_outputs,
+    is_nifti_path,
+    load_volume,
+    nifti_stem,
+    save_volume,
+)
 from medgen3d.model import GenerativeModel
 from medgen3d.pipeline import generate_images, image_from_mask, stage_seed
 from medgen3d.preprocessing import preprocess_pair, resample_like
@@ -500,7 +507,7 @@ def images_for_mask_files(
     so a bad file in a folder stops the run before anything is written.
     """
     indices = list(range(len(masks)) if indices is None else indices)
-    names = [_stem(Path(m)).removesuffix("_label") for m in masks]
+    names = [nifti_stem(m).removesuffix("_label") for m in masks]
     for i in indices:
         for target in pair_paths(out, names[i]):
             if target.exists() and not overwrite:
@@ -546,13 +553,13 @@ def mask_files(path: str | Path) -> list[Path]:
     found = sorted(p for p in path.iterdir() if is_nifti_path(p) and not p.name.startswith("."))
     # In a folder of pairs (CASE_image + CASE_label, as generate writes), the images are
     # not masks: take the label maps only.
-    labels = [p for p in found if _stem(p).endswith("_label")]
-    partners = {_stem(p).removesuffix("_label") for p in labels}
-    found = [p for p in found if not (_stem(p).endswith("_image") and _stem(p)[:-6] in partners)]
+    labels = [p for p in found if nifti_stem(p).endswith("_label")]
+    partners = {nifti_stem(p).removesuffix("_label") for p in labels}
+    found = [
+        p
+        for p in found
+        if not (nifti_stem(p).endswith("_image") and nifti_stem(p)[:-6] in partners)
+    ]
     if not found:
         raise InputError("holds no .nii or .nii.gz label files", path)
     return found
-
-
-def _stem(path: Path) -> str:
-    return path.name.removesuffix(".gz").removesuffix(".nii")

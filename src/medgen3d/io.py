@@ -41,6 +41,7 @@ __all__ = [
     "load_pair",
     "load_volume",
     "load_volume_any",
+    "nifti_stem",
     "save_volume",
     "stored_form",
 ]
@@ -108,6 +109,15 @@ class Volume:
 def is_nifti_path(path: str | Path) -> bool:
     """Whether the file name ends in ``.nii`` or ``.nii.gz``."""
     return str(path).lower().endswith(NIFTI_SUFFIXES)
+
+
+def nifti_stem(path: str | Path) -> str:
+    """The file name without ``.nii`` / ``.nii.gz`` (in any case)."""
+    name = Path(path).name
+    for suffix in sorted(NIFTI_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
 
 
 def load_volume(path: str | Path, kind: VolumeKind = "image") -> Volume:
@@ -447,7 +457,7 @@ def load_volume_any(path: str | Path, max_labels: int = 256) -> tuple[Volume, Vo
     path = Path(path)
     volume = load_volume(path, "image")
     data = volume.data
-    name = path.name.lower().removesuffix(".gz").removesuffix(".nii")
+    name = nifti_stem(path).lower()
     if not _whole_non_negative(data):
         return volume, "image"
     if any(hint in name for hint in _LABEL_NAME_HINTS):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from medgen3d.io import is_nifti_path, load_volume_any
+from medgen3d.io import is_nifti_path, load_volume_any, nifti_stem
 from medgen3d.labels import LabelTable
 from napari_medgen3d._layers import LayerDataTuple, volume_to_layer
 
@@ -24,7 +24,7 @@ def read_nifti(path: str | list[str]) -> list[LayerDataTuple]:
     layers = []
     for p in paths:
         volume, kind = load_volume_any(p)
-        name = Path(p).name.removesuffix(".gz").removesuffix(".nii")
+        name = nifti_stem(p)
         if kind == "label":
             layers.append(volume_to_layer(volume, "labels", name, _sidecar_table(Path(p))))
         else:
@@ -35,7 +35,7 @@ def read_nifti(path: str | list[str]) -> list[LayerDataTuple]:
 def _sidecar_table(label_path: Path) -> LabelTable | None:
     """The label table in the JSON sidecar of a generated pair (``CASE.json`` beside
     ``CASE_label.nii.gz``), so its names and colours show; ``None`` when there is none."""
-    case = label_path.name.removesuffix(".gz").removesuffix(".nii").removesuffix("_label")
+    case = nifti_stem(label_path).removesuffix("_label")
     sidecar = label_path.with_name(f"{case}.json")
     try:
         return LabelTable.from_dict(json.loads(sidecar.read_text())["labels"])
