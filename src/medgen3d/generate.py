@@ -197,7 +197,7 @@ def check_mask_extent(
             range or a structure more than ``FAR_ABOVE`` times the largest seen (unless
             ``allow``).
     """
-    anatomy = _recorded_anatomy(model)
+    anatomy = model.recorded("anatomy")
     where = np.argwhere(label.data > 0)
     if anatomy is None or not len(where):
         return None
@@ -233,14 +233,6 @@ def check_mask_extent(
             source,
         )
     return f"{source}: {'; '.join(far + outside)}" if far or outside else None
-
-
-def _recorded_anatomy(model: GenerativeModel) -> dict[str, Any] | None:
-    for checkpoint in model.checkpoints.values():
-        anatomy = checkpoint.config.get("provenance", {}).get("anatomy")
-        if anatomy:
-            return anatomy
-    return None
 
 
 def conform_labels(

@@ -77,16 +77,21 @@ class GenerativeModel:
             )
         return self.stages[name]
 
+    def recorded(self, key: str) -> Any:
+        """What training recorded under ``key`` in the provenance of the first stage that
+        has it (stages in mask, image, refiner order), or ``None``."""
+        for checkpoint in self.checkpoints.values():
+            value = checkpoint.config.get("provenance", {}).get(key)
+            if value:
+                return value
+        return None
+
     @property
     def typical_depth(self) -> int:
-        """Slices of a typical training volume (the median the mask stage recorded), the
+        """Slices of a typical training volume (the median training recorded), the
         default depth of a generated volume; 64 for models that did not record it."""
-        for name in ("masks", *self.checkpoints):
-            if name in self.checkpoints:
-                depth = self.checkpoints[name].config.get("provenance", {}).get("depth")
-                if depth:
-                    return int(depth["median"])
-        return DEFAULT_DEPTH
+        depth = self.recorded("depth")
+        return int(depth["median"]) if depth else DEFAULT_DEPTH
 
     def summary(self) -> str:
         """One short line: what the model generates, on which grid."""

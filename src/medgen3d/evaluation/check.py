@@ -115,10 +115,9 @@ def training_intensities(model: GenerativeModel) -> dict[str, list[float]]:
     Raises:
         InputError: when no stage records them (checkpoints written before they were).
     """
-    for checkpoint in model.checkpoints.values():
-        ranges = checkpoint.config.get("provenance", {}).get("label_intensities")
-        if ranges:
-            return ranges
+    ranges = model.recorded("label_intensities")
+    if ranges:
+        return ranges
     raise InputError(
         "none of its checkpoints records its training intensities; retrain (or resume) a "
         "stage with this version of medgen3d to record them",
