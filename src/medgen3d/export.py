@@ -86,7 +86,7 @@ def export_dataset(
     renumber = export_format == "nnunet" and table.values != tuple(range(len(table)))
     for case in cases:  # every pair is checked before the first file is written
         _, label = load_pair(case.image, case.label)
-        table.check_values(_translated(label.data, table, label_mapping, case), case.label)
+        table.translate(label.data, label_mapping, case.label)
     with atomic_folder(out, overwrite=overwrite) as staging:
         for i, case in enumerate(cases):
             if export_format == "dicom":
@@ -115,7 +115,7 @@ def _export_dicom_case(
     from medgen3d.dicom import write_dicom_pair  # highdicom is only needed here
 
     image, label = load_pair(case.image, case.label)
-    label = label.with_data(_translated(label.data, table, label_mapping, case))
+    label = label.with_data(table.translate(label.data, label_mapping, case.label))
     modality = "ct" if channel_name.upper() == "CT" else "mr"
     write_dicom_pair(image, label, table, modality, out / case.name, name=name)
 
@@ -135,20 +135,11 @@ def _export_case(
         _copy(case.label, label_out)
         return
     _, label = load_pair(case.image, case.label)
-    values = _translated(label.data, table, label_mapping, case)
+    values = table.translate(label.data, label_mapping, case.label)
     if renumber:
         values = table.to_channels(values, case.label)
     dtype = np.uint8 if values.max(initial=0) <= 255 else np.uint16
     save_volume(label.with_data(values), label_out, overwrite=True, dtype=dtype)
-
-
-def _translated(
-    labels: np.ndarray,
-    table: LabelTable,
-    label_mapping: Mapping[int, int] | None,
-    case: CasePaths,
-) -> np.ndarray:
-    return labels if label_mapping is None else table.remap(labels, label_mapping, case.label)
 
 
 def _dataset_json(

@@ -249,7 +249,7 @@ def conform_labels(
     """
     table = model.data.labels
     if label_mapping is not None:
-        return label.with_data(table.remap(label.data, label_mapping, source))
+        return label.with_data(table.translate(label.data, label_mapping, source))
     return label.with_data(table.conform(label.data, model.data.label_mapping, source))
 
 

@@ -141,6 +141,23 @@ class LabelTable:
                 source,
             )
 
+    def translate(
+        self,
+        labels: np.ndarray,
+        mapping: Mapping[int, int] | None,
+        source: str | Path | None = None,
+    ) -> np.ndarray:
+        """``labels`` translated with a user's ``mapping`` (:meth:`remap`), or, without
+        one, checked to be in this table already (:meth:`check_values`).
+
+        Raises:
+            InputError: naming ``source``, for values the mapping or the table lacks.
+        """
+        if mapping is not None:
+            return self.remap(labels, mapping, source)
+        self.check_values(labels, source)
+        return labels
+
     def conform(
         self,
         labels: np.ndarray,
@@ -157,11 +174,8 @@ class LabelTable:
         Raises:
             InputError: naming ``source``, for values neither convention knows.
         """
-        present = set(np.unique(labels).tolist())
-        if present <= set(self.values) or mapping is None:
-            self.check_values(labels, source)
-            return labels
-        return self.remap(labels, mapping, source)
+        in_table = set(np.unique(labels).tolist()) <= set(self.values)
+        return self.translate(labels, None if in_table else mapping, source)
 
     def remap(
         self,

@@ -219,8 +219,7 @@ def check_pairs(
     for done, case in enumerate(cases, start=1):
         image, label = load_pair(case.image, case.label)
         # generated pairs carry the table's own values, never the training data's mapping
-        if label_mapping is not None:
-            label = label.with_data(data.labels.remap(label.data, label_mapping, case.label))
+        label = label.with_data(data.labels.translate(label.data, label_mapping, case.label))
         results.append(
             check_pair(image, label, data, ranges, segmenter, min_dice, case.name, case.label)
         )
