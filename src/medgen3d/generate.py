@@ -52,6 +52,7 @@ __all__ = [
     "model_grid",
     "pair_paths",
     "refine_image",
+    "refine_settings",
     "regenerate_slices",
     "sample_seed",
     "write_pair",
@@ -164,7 +165,7 @@ def image_from_masks(
             model.stage("images"),
             model.stages.get("refiner"),
             seed=settings.seed,
-            refine=_refine_settings(settings),
+            refine=refine_settings(settings),
             source=source,
         )
     )
@@ -260,7 +261,7 @@ def refine_image(
     image, label = _on_one_grid(image, label)
     model.data.labels.check_values(label.data, "the label layer")
     normalised, label_on_grid = preprocess_pair(image, label, model.data.preprocessing)
-    refine = _refine_settings(settings)
+    refine = refine_settings(settings)
     work = refine_volume(
         model.stage("refiner"),
         normalised.data,
@@ -308,7 +309,7 @@ def regenerate_slices(
         region=region,
     )
     updated = yield from with_affine(work, image.affine)
-    refine = _refine_settings(settings)
+    refine = refine_settings(settings)
     if "refiner" in model.stages and refine.strength > 0:
         updated[region] = yield from refine_volume(
             model.stage("refiner"),
@@ -387,7 +388,8 @@ def write_pair(
     return targets
 
 
-def _refine_settings(settings: GenerationSettings) -> RefineSettings:
+def refine_settings(settings: GenerationSettings) -> RefineSettings:
+    """The refiner's part of ``settings``."""
     return RefineSettings(
         strength=settings.refine_strength,
         steps=settings.refine_steps,

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-__all__ = ["Progress", "ProgressGenerator", "drain", "map_reports", "with_affine"]
+__all__ = ["Progress", "ProgressGenerator", "as_stage", "drain", "map_reports", "with_affine"]
 
 T = TypeVar("T")
 
@@ -69,6 +69,12 @@ def map_reports(
         except StopIteration as stop:
             return stop.value
         yield change(report)
+
+
+def as_stage(work: Generator[Progress, Any, T], stage: str) -> Generator[Progress, Any, T]:
+    """``work`` with every report relabelled as part of ``stage`` (e.g. one step of a
+    larger job), and its return value kept."""
+    return (yield from map_reports(work, lambda report: dataclasses.replace(report, stage=stage)))
 
 
 def with_affine(

@@ -46,7 +46,7 @@ from medgen3d.evaluation.segmenter import (
     train_segmenter,
 )
 from medgen3d.model import GenerativeModel
-from medgen3d.progress import Progress, ProgressGenerator, map_reports
+from medgen3d.progress import Progress, ProgressGenerator, as_stage
 from medgen3d.recipe import DataSpec
 from medgen3d.train.bank import CaseBank
 
@@ -323,8 +323,7 @@ def _train(
         labels += list(extra.labels)
     seeded = dataclasses.replace(settings.segmenter, seed=settings.seed)
     work = train_segmenter(images, labels, num_classes, seeded, device)
-    stage = f"segmenter ({purpose})"
-    return (yield from map_reports(work, lambda report: dataclasses.replace(report, stage=stage)))
+    return (yield from as_stage(work, f"segmenter ({purpose})"))
 
 
 def _downstream(

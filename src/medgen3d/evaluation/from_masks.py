@@ -15,7 +15,6 @@ then
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -23,10 +22,10 @@ from typing import Any
 import numpy as np
 
 from medgen3d.evaluation.segmenter import Segmenter, dice_per_label
+from medgen3d.generate import refine_settings
 from medgen3d.model import GenerativeModel
 from medgen3d.pipeline import image_from_labels
-from medgen3d.progress import Progress, ProgressGenerator, map_reports
-from medgen3d.refine import RefineSettings
+from medgen3d.progress import ProgressGenerator, as_stage
 from medgen3d.settings import GenerationSettings
 from medgen3d.train.bank import CaseBank
 
@@ -58,15 +57,14 @@ def images_from_real_masks(
         real and generated images, ``pearson_r`` over labels, and the segmenter's Dice on
         real and generated images of those cases.
     """
-    defaults = GenerationSettings()
-    refine = RefineSettings(strength=defaults.refine_strength, steps=defaults.refine_steps)
+    refine = refine_settings(GenerationSettings())
     generator, refiner = model.stage("images"), model.stages.get("refiner")
     num_classes = real.num_classes
     real_means, generated_means, real_dice, generated_dice = [], [], [], []
     for n, i in enumerate(ids):
         labels = real.labels[i]
         work = image_from_labels(generator, refiner, labels, seed=seed + i, refine=refine)
-        image = yield from map_reports(work, lambda report, n=n: _as_case(report, n, len(ids)))
+        image = yield from as_stage(work, f"image from real mask {n + 1}/{len(ids)}")
         real_means.append(label_means(real.images[i], labels, num_classes))
         generated_means.append(label_means(image, labels, num_classes))
         real_dice.append(dice_per_label(segmenter.predict(real.images[i]), labels, num_classes))
@@ -97,8 +95,3 @@ def images_from_real_masks(
             for name, d in dice.items()
         },
     }
-
-
-def _as_case(report: Progress, n: int, total: int) -> Progress:
-    """A stage report relabelled as part of case ``n`` of ``total``."""
-    return dataclasses.replace(report, stage=f"image from real mask {n + 1}/{total}")
