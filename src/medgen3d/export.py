@@ -20,8 +20,8 @@ import numpy as np
 
 from medgen3d import __version__
 from medgen3d.datasets import CasePaths, discover_pairs
-from medgen3d.errors import InputError, OutputExistsError
-from medgen3d.io import atomic_folder, atomic_output, load_pair, save_volume
+from medgen3d.errors import InputError
+from medgen3d.io import atomic_folder, atomic_output, check_folder_free, load_pair, save_volume
 from medgen3d.labels import LabelTable
 
 __all__ = ["EXPORT_FORMATS", "export_dataset", "sidecar_path"]
@@ -77,8 +77,7 @@ def export_dataset(
     if export_format not in EXPORT_FORMATS:
         raise InputError(f"unknown format {export_format!r}; choose from {EXPORT_FORMATS}")
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:  # before reading any pair
-        raise OutputExistsError(out)
+    check_folder_free(out, overwrite=overwrite)  # before reading any pair
     cases = discover_pairs(source)
     sidecars = {case.name: _read_sidecar(case) for case in cases}
     table = table or _table_from_sidecars(sidecars, Path(source))

@@ -382,7 +382,7 @@ def write_pair(
         volumes.append((image, image_path, np.float32))
     targets = [path for _, path, _ in volumes] + [sidecar_path]  # the sidecar completes it
     with atomic_outputs(targets, overwrite=overwrite) as temporaries:
-        for (volume, _, dtype), tmp in zip(volumes, temporaries, strict=False):
+        for (volume, _, dtype), tmp in zip(volumes, temporaries[:-1], strict=True):
             save_volume(volume, tmp, overwrite=True, dtype=dtype)
         temporaries[-1].write_text(json.dumps(sidecar, indent=2) + "\n")
     return targets

@@ -34,6 +34,7 @@ __all__ = [
     "atomic_folder",
     "atomic_output",
     "atomic_outputs",
+    "check_folder_free",
     "check_output_file",
     "check_output_folder",
     "check_same_geometry",
@@ -344,6 +345,19 @@ def atomic_outputs(paths: Sequence[str | Path], *, overwrite: bool = False) -> I
             raise
 
 
+def check_folder_free(path: str | Path, *, overwrite: bool = False) -> None:
+    """Refuse ``path`` as a folder to fill when something is already there (a non-empty
+    folder or a file), unless ``overwrite``: :func:`atomic_folder`'s check, for callers
+    that want it before their work starts.
+
+    Raises:
+        OutputExistsError: naming ``path``.
+    """
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())) and not overwrite:
+        raise OutputExistsError(path)
+
+
 @contextlib.contextmanager
 def atomic_folder(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a staging folder beside ``path`` that replaces ``path`` wholly once the block
@@ -354,8 +368,7 @@ def atomic_folder(path: str | Path, *, overwrite: bool = False) -> Iterator[Path
         OutputExistsError: when ``path`` exists and is not empty, and not ``overwrite``.
     """
     path = Path(path)
-    if path.exists() and (not path.is_dir() or any(path.iterdir())) and not overwrite:
-        raise OutputExistsError(path)
+    check_folder_free(path, overwrite=overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent))
     try:

@@ -672,9 +672,12 @@ class MedGen3DWidget(Container):
     def _show_image_volume(self) -> None:
         """In 3D, show or hide the images as volume renderings beside the label surfaces."""
         if self._viewer.dims.ndisplay == 3:
-            for layer in self._viewer.layers:
-                if isinstance(layer, Image) and not _is_preview(layer):
-                    layer.visible = bool(self._volume_3d.value)
+            self._show_images(bool(self._volume_3d.value))
+
+    def _show_images(self, visible: bool) -> None:
+        for layer in self._viewer.layers:
+            if isinstance(layer, Image) and not _is_preview(layer):
+                layer.visible = visible
 
     def _toggle_ndisplay(self) -> None:
         """Switch 2D/3D. In 3D the envelope labels (body, head) become transparent, so the
@@ -685,8 +688,7 @@ class MedGen3DWidget(Container):
         for layer in self._viewer.layers:
             if isinstance(layer, Labels) and "name" in getattr(layer, "features", {}):
                 _show_envelopes(layer, not three_d)
-            elif isinstance(layer, Image) and not _is_preview(layer):
-                layer.visible = not three_d or bool(self._volume_3d.value)
+        self._show_images(not three_d or bool(self._volume_3d.value))
         self._viewer.dims.ndisplay = 3 if three_d else 2
         if three_d:
             # napari 0.9 moved the camera to viewer.scene; earlier versions have viewer.camera

@@ -58,7 +58,8 @@ class CaseBank:
             InputError: naming the file, for unreadable pairs or unknown label values, or
                 naming the case when it has fewer slices than one sequence.
         """
-        cases = [case for case in discover_pairs(root) if case.name not in set(exclude)]
+        excluded = set(exclude)
+        cases = [case for case in discover_pairs(root) if case.name not in excluded]
         if not cases:
             raise InputError("every pair in this folder is excluded (held out)", root)
         images, labels = [], []
