@@ -29,10 +29,13 @@ from scipy import ndimage
 from medgen3d.checkpoint import load_checkpoint
 from medgen3d.evaluation.anatomy import implausible, mask_anatomy
 from medgen3d.evaluation.segmenter import dice_per_label
-from medgen3d.models.mask_diffusion import MaskDiffusionModel, labels_to_signal
 from medgen3d.phantom import PHANTOM_TABLE, make_phantom
 from medgen3d.progress import drain
-from medgen3d.sampling import sample_mask_volume
+from medgen3d.stages.masks import (
+    MaskDiffusionModel,
+    labels_to_signal,
+    sample_mask_volume,
+)
 
 SPACING = (5.0, 6.0, 6.0)
 NAMES = PHANTOM_TABLE.names

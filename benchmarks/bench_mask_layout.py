@@ -23,13 +23,12 @@ import numpy as np
 import torch
 
 from medgen3d.labels import bundled_table
-from medgen3d.models.mask_diffusion import MaskDiffusionModel
 from medgen3d.phantom import write_phantoms
 from medgen3d.preprocessing import Preprocessing
 from medgen3d.progress import drain
 from medgen3d.recipe import DataSpec, StageRecipe, TrainingSettings
 from medgen3d.runtime import Runtime
-from medgen3d.sampling import sample_mask_volume
+from medgen3d.stages.masks import MaskDiffusionModel, MaskNetworkConfig, sample_mask_volume
 from medgen3d.train.bank import CaseBank
 from medgen3d.train.loop import fit
 from medgen3d.train.masks import build_task
@@ -46,7 +45,9 @@ DIFFUSION = {"objective": "x0", "num_train_timesteps": 1000, "schedule": "scaled
 def step_times(config: dict, repeats: int = 2) -> tuple[float, float, int]:
     """Seconds per training step (batch 1) and per sampling step at the demo geometry."""
     data = DataSpec(TABLE, Preprocessing(size=(64, 64)), sequence_length=16, overlap=4)
-    model = MaskDiffusionModel.build(data, {**config, "diffusion": DIFFUSION})
+    model = MaskDiffusionModel.build(
+        data, MaskNetworkConfig.from_dict({**config, "diffusion": DIFFUSION})
+    )
     params = sum(p.numel() for p in model.network.parameters())
     optimiser = torch.optim.AdamW(model.network.parameters())
 
@@ -84,7 +85,9 @@ def quality(config: dict, root: Path, steps: int) -> tuple[float, float, float]:
     torch.manual_seed(0)
     task = build_task(data, StageRecipe({**config, "diffusion": DIFFUSION}, settings), CPU)
     start = time.perf_counter()
-    result = fit(task, bank, data, settings, CPU, root / f"{config['layout']}.pt", overwrite=True)
+    result = drain(
+        fit(task, bank, data, settings, CPU, root / f"{config['layout']}.pt", overwrite=True)
+    )
     wall = time.perf_counter() - start
     task.train(False)
     volumes = [

@@ -34,16 +34,15 @@ def run_one(depth: int, sampler: str, steps: int, limit: int | None) -> dict:
     """Sample one volume in this process: seconds, whether extrapolated, peak RSS in MiB."""
     import torch
 
-    from medgen3d.models.mask_diffusion import MaskDiffusionModel
     from medgen3d.recipe import load_recipe
-    from medgen3d.sampling import sample_mask_volume
+    from medgen3d.stages.masks import MaskDiffusionModel, MaskNetworkConfig, sample_mask_volume
 
     recipe = load_recipe(RECIPE)
     config = dict(recipe.stage("masks").model)
     if sampler == "rflow":
         config["diffusion"] = {**config["diffusion"], "objective": "rflow"}
     torch.manual_seed(0)
-    model = MaskDiffusionModel.build(recipe.data, config)
+    model = MaskDiffusionModel.build(recipe.data, MaskNetworkConfig.from_dict(config))
     model.network.eval()
     start = time.perf_counter()
     reports = 0

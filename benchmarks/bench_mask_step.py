@@ -18,8 +18,8 @@ import time
 
 import torch
 
-from medgen3d.models.mask_diffusion import MaskDiffusionModel
 from medgen3d.recipe import load_recipe
+from medgen3d.stages.masks import MaskDiffusionModel, MaskNetworkConfig
 
 
 def seconds_per_step(model: MaskDiffusionModel, size: tuple[int, int], repeats: int) -> float:
@@ -77,7 +77,9 @@ def main() -> None:
         f"{torch.get_num_threads()} thread(s)"
     )
     for stem in [config.get("stem_channels"), *args.stems]:
-        model = MaskDiffusionModel.build(data, {**config, "stem_channels": stem})
+        model = MaskDiffusionModel.build(
+            data, MaskNetworkConfig.from_dict({**config, "stem_channels": stem})
+        )
         params = sum(p.numel() for p in model.network.parameters()) / 1e6
         print(
             f"stem {stem!s:>5}: {seconds_per_step(model, size, args.repeats):6.2f} s/step, "

@@ -53,8 +53,9 @@ def main() -> None:
     print(f"end to end (fresh process, CLI): {wall:.1f} s  [load {os.getloadavg()[0]:.1f}]")
     print(f"peak resident memory of that process: {peak_mb:.0f} MB")
 
-    from medgen3d.generate import GenerationSettings, generate_pair
+    from medgen3d.generate import generate_pair
     from medgen3d.model import load_model
+    from medgen3d.settings import GenerationSettings
 
     start = time.perf_counter()
     model = load_model(args.model, "cpu")

@@ -1,14 +1,17 @@
-"""Small phantom datasets and recipes shared by the stage-2/3 and pipeline tests."""
+"""Small phantom datasets, recipes and tiny untrained models shared by the tests."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medgen3d.labels import bundled_table
 from medgen3d.phantom import write_phantoms
 from medgen3d.preprocessing import IntensityWindow, Preprocessing
 from medgen3d.recipe import DataSpec, Recipe, StageRecipe, TrainingSettings
+
+if TYPE_CHECKING:
+    from medgen3d.model import GenerativeModel
 
 PHANTOM_SHAPE = (24, 32, 32)
 LENGTH, OVERLAP = 8, 2
@@ -52,34 +55,52 @@ TINY_DATA = DataSpec(
 TINY_MASKS = {"channels": [8, 8], "attention_levels": [False, False], "norm_num_groups": 4}
 
 
+def tiny_stages(data: DataSpec = TINY_DATA) -> dict[str, Any]:
+    """The three stages as untrained tiny networks on ``data``, seeded, in memory."""
+    import torch
+
+    from medgen3d.stages.images import ImageGenerator, ImageNetworkConfig, build_image_generator
+    from medgen3d.stages.masks import MaskDiffusionModel, MaskNetworkConfig
+    from medgen3d.stages.refiner import (
+        RefinerNetworkConfig,
+        SemanticRefiner,
+        build_refiner_network,
+    )
+
+    torch.manual_seed(0)
+    generator = build_image_generator(ImageNetworkConfig.from_dict(TINY_GENERATOR), data)
+    refiner = RefinerNetworkConfig.from_dict(TINY_REFINER)
+    return {
+        "masks": MaskDiffusionModel.build(data, MaskNetworkConfig.from_dict(TINY_MASKS)),
+        "images": ImageGenerator(generator, data),
+        "refiner": SemanticRefiner(build_refiner_network(refiner, len(data.labels)), refiner, data),
+    }
+
+
+def tiny_model(data: DataSpec = TINY_DATA) -> GenerativeModel:
+    """:func:`tiny_stages` as a model, as :func:`medgen3d.model.load_model` returns one."""
+    from medgen3d.model import GenerativeModel
+
+    return GenerativeModel(data, tiny_stages(data), {}, "tiny", "0" * 64)
+
+
 def write_tiny_model(
     folder: Path, data: DataSpec = TINY_DATA, provenance: dict[str, Any] | None = None
 ) -> Path:
     """A three-stage model folder (masks.pt, images.pt, refiner.pt) of untrained tiny networks
     on ``data``: what the CLI and the widget load in tests. ``provenance`` adds to what the
     checkpoints record of their training (e.g. ``label_intensities``)."""
-    import torch
-
     from medgen3d.checkpoint import Checkpoint, save_checkpoint
-    from medgen3d.models.image_generator import build_image_generator
-    from medgen3d.models.mask_diffusion import MaskDiffusionModel
-    from medgen3d.models.refiner import RefinerConfig, build_refiner_network
 
-    torch.manual_seed(0)
-    masks = MaskDiffusionModel.build(data, TINY_MASKS)
-    refiner = build_refiner_network(RefinerConfig.from_dict(TINY_REFINER), len(TINY_DATA.labels))
-    stages = {
-        "masks": (masks.network, "network", masks.config),
-        "images": (
-            build_image_generator(TINY_GENERATOR, data),
-            "generator",
-            {"generator": TINY_GENERATOR},
-        ),
-        "refiner": (refiner, "refiner", TINY_REFINER),
+    stages = tiny_stages(data)
+    written = {
+        "masks": ("network", stages["masks"].config.to_dict()),
+        "images": ("generator", {"generator": TINY_GENERATOR}),
+        "refiner": ("refiner", TINY_REFINER),
     }
-    for stage, (network, name, config) in stages.items():
+    for stage, (name, config) in written.items():
         record = {"steps": 0, **(provenance or {})}
         config = {"data": data.to_dict(), "model": config, "provenance": record}
-        checkpoint = Checkpoint(stage, config, {name: network.state_dict()})
-        save_checkpoint(checkpoint, folder / f"{stage}.pt", overwrite=True)
+        weights = {name: stages[stage].network.state_dict()}
+        save_checkpoint(Checkpoint(stage, config, weights), folder / f"{stage}.pt", overwrite=True)
     return folder

@@ -11,7 +11,7 @@ from medgen3d.errors import InputError
 from medgen3d.generate import generate_pair
 from medgen3d.model import load_model
 from medgen3d.progress import drain
-from medgen3d.settings import GenerationSettings
+from medgen3d.settings import GenerationSettings, MaskSettings, RefineSettings
 
 REAL_ANATOMY = ("brain-mri", "headneck-ct")
 
@@ -35,7 +35,11 @@ def real_anatomy(request) -> str:
 def test_bundled_model_generates_a_short_pair_on_its_grid(bundled: str) -> None:
     model = load_model(bundled, "cpu")
     data = model.data
-    settings = GenerationSettings(depth=data.sequence_length, steps=2, refine_steps=1)
+    settings = GenerationSettings(
+        depth=data.sequence_length,
+        masks=MaskSettings(steps=2),
+        refiner=RefineSettings(steps=1),
+    )
     pair = drain(generate_pair(model, settings))
     assert pair.label.shape == pair.image.shape == (data.sequence_length, *data.preprocessing.size)
     np.testing.assert_allclose(pair.label.affine, pair.image.affine)
@@ -57,3 +61,32 @@ def test_unknown_or_absent_bundled_name_is_a_clear_error(tmp_path, monkeypatch) 
     monkeypatch.setattr(model_module, "bundled_model_path", lambda name: tmp_path / name)
     with pytest.raises(InputError, match="is not bundled with this installation"):
         load_model("headneck-ct", "cpu")
+
+
+def test_bundled_network_configs_read_back_exactly(bundled: str) -> None:
+    """Each stage's config class reads what the bundled checkpoints store and writes it back
+    unchanged (plus keys newer than the checkpoint): training resumes only when the two
+    agree, and a run restarted from the bundled weights must build the very networks they
+    were trained in."""
+    from medgen3d.stages.masks import MaskNetworkConfig
+    from medgen3d.stages.refiner import RefinerNetworkConfig
+    from medgen3d.train.images import ImageTrainingConfig
+
+    classes = {
+        "masks": MaskNetworkConfig,
+        "images": ImageTrainingConfig,
+        "refiner": RefinerNetworkConfig,
+    }
+    model = load_model(bundled, "cpu")
+    for stage, checkpoint in model.checkpoints.items():
+        stored = checkpoint.config["model"]
+        written = classes[stage].from_dict(stored).to_dict()
+        assert _restricted(written, stored) == stored, stage
+
+
+def _restricted(written: dict, stored: dict) -> dict:
+    """``written`` with only the keys of ``stored``, nested dicts alike."""
+    return {
+        key: _restricted(written[key], value) if isinstance(value, dict) else written[key]
+        for key, value in stored.items()
+    }

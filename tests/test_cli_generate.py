@@ -226,23 +226,23 @@ def test_label_map_translates_the_users_convention(tmp_path: Path) -> None:
 def test_refiner_sampler_and_guidance_reach_the_refiner(
     tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import medgen3d.pipeline
+    import medgen3d.generate
 
     calls = []
 
-    def recording(refiner, image, labels, **kwargs):
-        calls.append(kwargs)
+    def recording(refiner, image, labels, settings, *, seed):
+        calls.append(settings)
         yield from ()
         return image
 
-    monkeypatch.setattr(medgen3d.pipeline, "refine_volume", recording)
-    extra = ["--refine-sampler", "ddpm", "--guidance", "2.5"]
+    monkeypatch.setattr(medgen3d.generate, "refine_volume", recording)
+    extra = ["--refine-sampler", "ddpm", "--guidance", "2.5", "--refine-batch-size", "3"]
     assert _generate(tiny_model, tmp_path / "a", *extra) == 0
     assert _generate(tiny_model, tmp_path / "b") == 0
-    assert (calls[0]["sampler"], calls[0]["guidance"]) == ("ddpm", 2.5)
-    assert (calls[1]["sampler"], calls[1]["guidance"]) == ("auto", 1.0)
+    assert (calls[0].sampler, calls[0].guidance, calls[0].batch_size) == ("ddpm", 2.5, 3)
+    assert (calls[1].sampler, calls[1].guidance, calls[1].batch_size) == ("auto", 1.0, 16)
     sidecar = json.loads((tmp_path / "a" / "sample_0000.json").read_text())
-    assert sidecar["settings"]["refine_sampler"] == "ddpm"
+    assert sidecar["settings"]["refiner"]["sampler"] == "ddpm"
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])

@@ -261,11 +261,11 @@ def test_images_from_real_masks_compare_tissue_by_tissue(
     pairs = zip(bank.images, bank.labels, strict=True)
     by_labels = {labels.tobytes(): image for image, labels in pairs}
 
-    def stand_in(generator, refiner, labels, **kwargs):
+    def stand_in(model, labels, settings):
         yield from ()
         return scale * by_labels[labels.tobytes()]
 
-    monkeypatch.setattr(from_masks, "image_from_labels", stand_in)
+    monkeypatch.setattr(from_masks, "image_for_channels", stand_in)
     model = load_model(write_tiny_model(tmp_path / "model", DATA))
     found = drain(from_masks.images_from_real_masks(model, bank, [2, 5], segmenter))
     assert found["cases"] == 2

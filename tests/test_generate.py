@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from _stage_data import LENGTH, OVERLAP, TINY_GENERATOR, TINY_MASKS, TINY_REFINER
+from _stage_data import LENGTH, OVERLAP, TINY_GENERATOR, tiny_model
 from _stage_data import TINY_DATA as DATA
 from medgen3d.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from medgen3d.errors import InputError, OutputExistsError
 from medgen3d.generate import (
-    GenerationSettings,
     generate_masks,
     generate_pair,
     model_grid,
@@ -25,26 +24,22 @@ from medgen3d.generate import (
 from medgen3d.io import Volume, load_volume
 from medgen3d.labels import bundled_table
 from medgen3d.model import GenerativeModel, load_model, pack_model
-from medgen3d.models.image_generator import ImageGenerator, build_image_generator
-from medgen3d.models.mask_diffusion import MaskDiffusionModel
-from medgen3d.models.refiner import RefinerConfig, SemanticRefiner, build_refiner_network
 from medgen3d.preprocessing import Preprocessing
 from medgen3d.progress import Progress, drain
 from medgen3d.recipe import DataSpec
+from medgen3d.settings import GenerationSettings, MaskSettings, RefineSettings
 
-FAST = GenerationSettings(seed=3, depth=12, steps=2, refine_strength=0.4, refine_steps=2)
+FAST = GenerationSettings(
+    seed=3,
+    depth=12,
+    masks=MaskSettings(steps=2),
+    refiner=RefineSettings(strength=0.4, steps=2),
+)
 
 
 @pytest.fixture(scope="module")
 def model() -> GenerativeModel:
-    torch.manual_seed(0)
-    config = RefinerConfig.from_dict(TINY_REFINER)
-    stages = {
-        "masks": MaskDiffusionModel.build(DATA, TINY_MASKS),
-        "images": ImageGenerator(build_image_generator(TINY_GENERATOR, DATA), DATA),
-        "refiner": SemanticRefiner(build_refiner_network(config, len(DATA.labels)), config, DATA),
-    }
-    return GenerativeModel(DATA, stages, {}, "tiny", "0" * 64)
+    return tiny_model(DATA)
 
 
 def test_pair_runs_every_stage_and_is_aligned_and_seeded(model: GenerativeModel) -> None:
@@ -84,7 +79,7 @@ def test_seeded_slices_come_back_exactly_on_the_seeds_grid(model: GenerativeMode
     seeds[10, 6:9, 6:9] = 8  # body with spine on slice 10
     affine = np.diag([-2.0, 2.0, 3.0, 1.0])
     volume = Volume(seeds, affine, ("L", "A", "S"))
-    completed = drain(generate_masks(model, FAST, seeds=volume))
+    completed = drain(generate_masks(model, FAST, seed_mask=volume))
     np.testing.assert_array_equal(completed.data[[3, 10]], seeds[[3, 10]])
     np.testing.assert_array_equal(completed.affine, affine)
     assert completed.source_axcodes == ("L", "A", "S")
@@ -93,15 +88,19 @@ def test_seeded_slices_come_back_exactly_on_the_seeds_grid(model: GenerativeMode
 
 def test_seeds_of_another_size_or_values_are_refused(model: GenerativeModel) -> None:
     with pytest.raises(InputError, match="in-plane size"):
-        drain(generate_masks(model, FAST, seeds=Volume(np.zeros((12, 8, 8), np.uint8), np.eye(4))))
+        drain(
+            generate_masks(model, FAST, seed_mask=Volume(np.zeros((12, 8, 8), np.uint8), np.eye(4)))
+        )
     bad = np.zeros((12, 16, 16), np.uint8)
     bad[0, 0, 0] = 99
     on_grid = model_grid(model.data, 12)
     with pytest.raises(InputError, match="99"):
-        drain(generate_masks(model, FAST, seeds=Volume(bad, on_grid)))
+        drain(generate_masks(model, FAST, seed_mask=Volume(bad, on_grid)))
     with pytest.raises(InputError, match="spacing 1 x 1 x 1 mm"):
         drain(
-            generate_masks(model, FAST, seeds=Volume(np.zeros((12, 16, 16), np.uint8), np.eye(4)))
+            generate_masks(
+                model, FAST, seed_mask=Volume(np.zeros((12, 16, 16), np.uint8), np.eye(4))
+            )
         )
 
 
@@ -139,7 +138,7 @@ def test_write_pair_writes_sidecar_and_never_overwrites(
         "sample_0000_label.nii.gz",
     ]
     sidecar = json.loads((tmp_path / "sample_0000.json").read_text())
-    assert sidecar["seed"] == 3 and sidecar["settings"]["steps"] == 2
+    assert sidecar["seed"] == 3 and sidecar["settings"]["masks"]["steps"] == 2
     assert sidecar["model"]["sha256"] == "0" * 64
     assert sidecar["labels"]["names"][4] == "heart"
     label = load_volume(tmp_path / "sample_0000_label.nii.gz", "label")
@@ -171,7 +170,11 @@ def test_model_folder_loads_packs_and_rejects_mismatched_stages(
     generator_config = {"generator": TINY_GENERATOR}
     _save_stage(folder, "images", images.network, "generator", generator_config)
     _save_stage(
-        folder, "masks", model.stages["masks"].network, "network", model.stages["masks"].config
+        folder,
+        "masks",
+        model.stages["masks"].network,
+        "network",
+        model.stages["masks"].config.to_dict(),
     )
     loaded = load_model(folder)
     assert set(loaded.stages) == {"masks", "images"}
@@ -191,7 +194,7 @@ def test_model_folder_loads_packs_and_rejects_mismatched_stages(
         "masks",
         model.stages["masks"].network,
         "network",
-        model.stages["masks"].config,
+        model.stages["masks"].config.to_dict(),
         data=other,
     )
     with pytest.raises(InputError, match=r"in-plane size .* differs"):

@@ -9,7 +9,7 @@ import torch
 
 from _stage_data import LENGTH, OVERLAP, TINY_GENERATOR, phantom_spec
 from medgen3d.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from medgen3d.models.image_generator import ImageGenerator, build_image_generator
+from medgen3d.stages.images import ImageGenerator, ImageNetworkConfig, build_image_generator
 
 
 def _inputs(batch: int = 2, size: int = 16, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -25,7 +25,8 @@ def _inputs(batch: int = 2, size: int = 16, seed: int = 0) -> tuple[torch.Tensor
 
 def _network(seed: int = 0):
     torch.manual_seed(seed)
-    return build_image_generator(TINY_GENERATOR, phantom_spec()).eval()
+    config = ImageNetworkConfig.from_dict(TINY_GENERATOR)
+    return build_image_generator(config, phantom_spec()).eval()
 
 
 def test_output_is_one_image_per_mask_slice_in_range() -> None:
@@ -70,7 +71,7 @@ def test_mask_position_and_noise_change_the_output() -> None:
 )
 def test_invalid_config_names_the_key(change: dict, key: str) -> None:
     with pytest.raises(ValueError, match=key):
-        build_image_generator({**TINY_GENERATOR, **change}, phantom_spec())
+        ImageNetworkConfig.from_dict({**TINY_GENERATOR, **change})
 
 
 def test_slice_size_must_fit_the_levels() -> None:

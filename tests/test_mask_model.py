@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -10,14 +11,14 @@ import torch
 from medgen3d.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from medgen3d.diffusion import Diffusion
 from medgen3d.labels import bundled_table
-from medgen3d.models.mask_diffusion import (
-    NO_POSITION,
-    MaskDiffusionModel,
-    check_config,
-    labels_to_signal,
-)
 from medgen3d.preprocessing import Preprocessing
 from medgen3d.recipe import DataSpec
+from medgen3d.stages.masks import (
+    NO_POSITION,
+    MaskDiffusionModel,
+    MaskNetworkConfig,
+    labels_to_signal,
+)
 
 TABLE = bundled_table("thorax_phantom")
 DATA = DataSpec(TABLE, Preprocessing(size=(8, 8)), sequence_length=4, overlap=1)
@@ -43,7 +44,7 @@ def _build(
     which would make every comparison of outputs trivially equal."""
     torch.manual_seed(0)
     config = {**TINY, "layout": layout, "coordinates": coordinates}
-    model = MaskDiffusionModel.build(data, config)
+    model = MaskDiffusionModel.build(data, MaskNetworkConfig.from_dict(config))
     with torch.no_grad():
         for parameter in model.network.parameters():
             parameter.add_(0.1 * torch.randn_like(parameter))
@@ -74,9 +75,12 @@ def test_labels_to_signal_is_one_hot_in_minus_one_to_one() -> None:
 
 
 def test_config_is_resolved_with_defaults_and_round_trips() -> None:
-    resolved = check_config(TINY)
+    resolved = MaskNetworkConfig.from_dict(TINY).to_dict()
     assert resolved["layout"] == "2d" and resolved["diffusion"]["objective"] == "x0"
-    assert check_config(resolved) == resolved
+    assert resolved["attention_levels"] == [False, False]
+    assert MaskNetworkConfig.from_dict(resolved).to_dict() == resolved
+    partial = MaskNetworkConfig.from_dict({"diffusion": {"input_scale": 0.5}})
+    assert partial.diffusion == Diffusion(objective="x0", input_scale=0.5)  # over the default
 
 
 @pytest.mark.parametrize(
@@ -95,17 +99,17 @@ def test_config_is_resolved_with_defaults_and_round_trips() -> None:
 )
 def test_bad_config_names_the_key(config: dict, key: str) -> None:
     with pytest.raises(ValueError, match=key):
-        MaskDiffusionModel.build(DATA, {**TINY, **config})
+        MaskDiffusionModel.build(DATA, MaskNetworkConfig.from_dict({**TINY, **config}))
 
 
 def test_grid_must_divide_by_the_downsampling() -> None:
     odd = DataSpec(TABLE, Preprocessing(size=(10, 10)), sequence_length=4, overlap=1)
-    deep = {**TINY, "channels": [8, 8, 8], "attention_levels": [False] * 3}
+    deep = MaskNetworkConfig.from_dict({"channels": [8, 8, 8], "norm_num_groups": 4})
     with pytest.raises(ValueError, match=r"data\.size"):
         MaskDiffusionModel.build(odd, deep)
     short = DataSpec(TABLE, Preprocessing(size=(8, 8)), sequence_length=6, overlap=1)
     with pytest.raises(ValueError, match=r"data\.sequence_length"):
-        MaskDiffusionModel.build(short, {**deep, "layout": "3d"})
+        MaskDiffusionModel.build(short, dataclasses.replace(deep, layout="3d"))
 
 
 @pytest.mark.parametrize("layout", ["2d", "3d"])
@@ -154,7 +158,7 @@ def test_values_of_unknown_slices_are_ignored() -> None:
 @pytest.mark.parametrize("layout", ["2d", "3d"])
 def test_checkpoint_round_trip_gives_identical_outputs(layout: str, tmp_path: Path) -> None:
     model = _build(layout)
-    config = {"data": DATA.to_dict(), "model": model.config}
+    config = {"data": DATA.to_dict(), "model": model.config.to_dict()}
     weights = {"network": model.network.state_dict()}
     save_checkpoint(Checkpoint("masks", config, weights), tmp_path / "m.pt")
     loaded = MaskDiffusionModel.from_checkpoint(load_checkpoint(tmp_path / "m.pt", "masks"), "cpu")
@@ -205,13 +209,13 @@ def test_input_scale_divides_the_signal_to_noise_ratio_and_sampling_follows() ->
 
 def test_a_checkpoint_from_before_coordinates_loads_without_them(tmp_path: Path) -> None:
     model = _build(coordinates=False)
-    written_then = {k: v for k, v in model.config.items() if k != "coordinates"}
+    written_then = {k: v for k, v in model.config.to_dict().items() if k != "coordinates"}
     config = {"data": DATA.to_dict(), "model": written_then}
     save_checkpoint(
         Checkpoint("masks", config, {"network": model.network.state_dict()}), tmp_path / "old.pt"
     )
     loaded = MaskDiffusionModel.from_checkpoint(load_checkpoint(tmp_path / "old.pt", "masks"))
-    assert loaded.config["coordinates"] is False
+    assert loaded.config.coordinates is False
     model.network.eval()
     inputs = _inputs()
     assert torch.equal(_predict(model, inputs), _predict(loaded, inputs))

@@ -13,8 +13,8 @@ import pytest
 from medgen3d.datasets import discover_pairs, load_case
 from medgen3d.errors import InputError
 from medgen3d.labels import label_mapping
-from medgen3d.models.mask_diffusion import check_config
 from medgen3d.recipe import load_recipe
+from medgen3d.stages.masks import MaskNetworkConfig
 
 RECIPES = Path(__file__).resolve().parents[1] / "resources" / "recipes"
 # recipe -> (dataset folder in ../shared/data, number of labels in its table)
@@ -31,7 +31,8 @@ def test_recipe_loads_with_its_table_grid_and_dataset(name):
     assert recipe.dataset and recipe.dataset["licence"]
     for stage in ("masks", "images", "refiner"):
         assert stage in recipe.stages
-    check_config(recipe.stage("masks").model, recipe.data)  # the grid suits the network
+    masks = MaskNetworkConfig.from_dict(recipe.stage("masks").model)
+    masks.check_grid(recipe.data)  # the grid suits the network
     spacing = recipe.data.preprocessing.spacing
     assert max(spacing[1:]) <= (3.0 if "brain" in name else 5.0)
 

@@ -11,10 +11,15 @@ import torch
 from _stage_data import TINY_REFINER, phantom_spec, recipe, write_small_phantoms
 from medgen3d.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from medgen3d.errors import InputError
-from medgen3d.models.refiner import RefinerConfig, SemanticRefiner, build_refiner_network
 from medgen3d.phantom import make_phantom
 from medgen3d.progress import Progress, drain
-from medgen3d.refine import refine_volume
+from medgen3d.settings import RefineSettings
+from medgen3d.stages.refiner import (
+    RefinerNetworkConfig,
+    SemanticRefiner,
+    build_refiner_network,
+    refine_volume,
+)
 from medgen3d.train.run import train_stage
 
 STEPS = 120
@@ -25,12 +30,14 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[SemanticRefiner, 
     root = tmp_path_factory.mktemp("refiner")
     data_dir = write_small_phantoms(root / "data", n=2)
     settings = {"max_steps": STEPS, "batch_size": 4, "learning_rate": 2e-3, "ema_decay": 0.9}
-    result = train_stage(
-        "refiner",
-        data_dir,
-        recipe("refiner", TINY_REFINER, **settings),
-        root / "r.pt",
-        device="cpu",
+    result = drain(
+        train_stage(
+            "refiner",
+            data_dir,
+            recipe("refiner", TINY_REFINER, **settings),
+            root / "r.pt",
+            device="cpu",
+        )
     )
     return SemanticRefiner.from_checkpoint(load_checkpoint(root / "r.pt", stage="refiner")), (
         result.losses
@@ -44,9 +51,9 @@ def volume() -> tuple[np.ndarray, np.ndarray]:
     return np.clip(case.image.data / 1000.0, -1, 1).astype(np.float32), case.label.data
 
 
-def _refine(refiner: SemanticRefiner, volume: tuple, **kwargs) -> np.ndarray:
-    image, labels = volume
-    return drain(refine_volume(refiner, image, labels, **{"steps": 4, "batch_size": 4, **kwargs}))
+def _refine(refiner: SemanticRefiner, volume: tuple, seed: int = 0, **kwargs) -> np.ndarray:
+    settings = RefineSettings(**{"steps": 4, "batch_size": 4, **kwargs})
+    return drain(refine_volume(refiner, *volume, settings, seed=seed))
 
 
 @pytest.mark.slow
@@ -58,11 +65,11 @@ def test_training_lowers_the_loss(trained: tuple[SemanticRefiner, list]) -> None
 
 def test_strength_zero_returns_the_input_without_running_the_network(volume: tuple) -> None:
     torch.manual_seed(0)
-    network = build_refiner_network(RefinerConfig.from_dict(TINY_REFINER), 9)
-    refiner = SemanticRefiner(network, RefinerConfig.from_dict(TINY_REFINER), phantom_spec())
+    network = build_refiner_network(RefinerNetworkConfig.from_dict(TINY_REFINER), 9)
+    refiner = SemanticRefiner(network, RefinerNetworkConfig.from_dict(TINY_REFINER), phantom_spec())
     refiner.network = None  # any network call would fail
     reports: list[Progress] = []
-    out = drain(refine_volume(refiner, *volume, strength=0.0), reports.append)
+    out = drain(refine_volume(refiner, *volume, RefineSettings(strength=0.0)), reports.append)
     assert out is volume[0]
     assert reports == []
 
@@ -95,7 +102,8 @@ def test_same_seed_same_output_other_seed_differs(trained: tuple, volume: tuple)
 def test_progress_counts_every_step_of_every_batch(trained: tuple, volume: tuple) -> None:
     refiner, _ = trained
     reports: list[Progress] = []
-    drain(refine_volume(refiner, *volume, strength=0.5, steps=3, batch_size=4), reports.append)
+    settings = RefineSettings(strength=0.5, steps=3, batch_size=4)
+    drain(refine_volume(refiner, *volume, settings), reports.append)
     assert [r.done for r in reports] == list(range(1, 10))  # 3 batches x 3 steps
     assert {r.stage for r in reports} == {"refiner"} and reports[-1].total == 9
     assert sum(r.preview is not None for r in reports) == 3
@@ -103,7 +111,7 @@ def test_progress_counts_every_step_of_every_batch(trained: tuple, volume: tuple
 
 def test_guidance_mixes_conditional_and_unconditional_predictions() -> None:
     torch.manual_seed(0)
-    config = RefinerConfig.from_dict(TINY_REFINER)
+    config = RefinerNetworkConfig.from_dict(TINY_REFINER)
     refiner = SemanticRefiner(build_refiner_network(config, 9), config, phantom_spec())
     x, t = torch.randn(2, 1, 16, 16), torch.tensor([10, 50])
     seg = torch.nn.functional.one_hot(torch.randint(9, (2, 16, 16)), 9).permute(0, 3, 1, 2).float()
@@ -114,12 +122,14 @@ def test_guidance_mixes_conditional_and_unconditional_predictions() -> None:
 
 
 def test_bad_settings_are_input_errors(volume: tuple) -> None:
-    config = RefinerConfig.from_dict(TINY_REFINER)
+    config = RefinerNetworkConfig.from_dict(TINY_REFINER)
     refiner = SemanticRefiner(build_refiner_network(config, 9), config, phantom_spec())
     with pytest.raises(InputError, match="strength"):
-        drain(refine_volume(refiner, *volume, strength=1.5))
+        RefineSettings(strength=1.5)
+    with pytest.raises(InputError, match="sampler 'euler'"):
+        RefineSettings(sampler="euler")
     with pytest.raises(InputError, match="rflow"):
-        drain(refine_volume(refiner, *volume, sampler="rflow"))
+        drain(refine_volume(refiner, *volume, RefineSettings(sampler="rflow")))
 
 
 @pytest.mark.parametrize(
@@ -135,12 +145,12 @@ def test_bad_settings_are_input_errors(volume: tuple) -> None:
 )
 def test_invalid_config_names_the_key(change: dict, key: str) -> None:
     with pytest.raises(ValueError, match=key):
-        RefinerConfig.from_dict({**TINY_REFINER, **change})
+        RefinerNetworkConfig.from_dict({**TINY_REFINER, **change})
 
 
 def test_checkpoint_round_trip_gives_identical_predictions(tmp_path: Path) -> None:
     torch.manual_seed(1)
-    config = RefinerConfig.from_dict(TINY_REFINER)
+    config = RefinerNetworkConfig.from_dict(TINY_REFINER)
     network = build_refiner_network(config, 9)
     stored = {"data": phantom_spec().to_dict(), "model": config.to_dict()}
     path = save_checkpoint(

@@ -10,12 +10,16 @@ import torch
 
 from medgen3d.errors import InputError
 from medgen3d.labels import bundled_table
-from medgen3d.models.mask_diffusion import MaskDiffusionModel
 from medgen3d.preprocessing import Preprocessing
 from medgen3d.progress import Progress, drain
 from medgen3d.recipe import DataSpec
-from medgen3d.sampling import generation_order, sample_mask_volume
 from medgen3d.sequences import relative_position, sequence_starts
+from medgen3d.stages.masks import (
+    MaskDiffusionModel,
+    MaskNetworkConfig,
+    generation_order,
+    sample_mask_volume,
+)
 
 TABLE = bundled_table("thorax_phantom")
 DATA = DataSpec(TABLE, Preprocessing(size=(8, 8)), sequence_length=4, overlap=1)
@@ -41,7 +45,7 @@ def model() -> MaskDiffusionModel:
     """A tiny untrained model with random weights everywhere (MONAI zero-initialises the
     output layer, which would make every sample the same)."""
     torch.manual_seed(0)
-    model = MaskDiffusionModel.build(DATA, CONFIG)
+    model = MaskDiffusionModel.build(DATA, MaskNetworkConfig.from_dict(CONFIG))
     with torch.no_grad():
         for parameter in model.network.parameters():
             parameter.add_(0.3 * torch.randn_like(parameter))
@@ -140,8 +144,9 @@ def test_same_seed_same_volume_and_different_seed_differs(model: MaskDiffusionMo
 
 
 def test_ddpm_sampler_runs_every_training_step(model: MaskDiffusionModel) -> None:
+    diffusion = dataclasses.replace(model.diffusion, num_train_timesteps=5)
     short = dataclasses.replace(
-        model, diffusion=dataclasses.replace(model.diffusion, num_train_timesteps=5)
+        model, config=dataclasses.replace(model.config, diffusion=diffusion)
     )
     reports = []
     out = drain(sample_mask_volume(short, 4, seed=0, sampler="ddpm"), reports.append)

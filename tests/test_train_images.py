@@ -11,9 +11,13 @@ import torch
 from _stage_data import TINY_GENERATOR, phantom_spec, recipe, write_small_phantoms
 from medgen3d.checkpoint import load_checkpoint
 from medgen3d.datasets import discover_pairs, load_case
-from medgen3d.models.image_generator import ImageGenerator, build_image_generator
-from medgen3d.pipeline import generate_images
 from medgen3d.progress import drain
+from medgen3d.stages.images import (
+    ImageGenerator,
+    ImageNetworkConfig,
+    build_image_generator,
+    generate_images,
+)
 from medgen3d.train.images import ImageTrainingConfig
 from medgen3d.train.run import train_stage
 
@@ -30,8 +34,14 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list]:
     root = tmp_path_factory.mktemp("images")
     data_dir = write_small_phantoms(root / "data")
     settings = {"max_steps": STEPS, "batch_size": 4, "learning_rate": 2e-3, "ema_decay": 0.9}
-    result = train_stage(
-        "images", data_dir, recipe("images", MODEL, **settings), root / "images.pt", device="cpu"
+    result = drain(
+        train_stage(
+            "images",
+            data_dir,
+            recipe("images", MODEL, **settings),
+            root / "images.pt",
+            device="cpu",
+        )
     )
     return root, result.losses
 
@@ -73,7 +83,8 @@ def test_generated_tissues_are_ordered_like_the_training_data(trained: tuple[Pat
     # and the trained generator is much closer to the data than an untrained one
     torch.manual_seed(0)
     untrained = ImageGenerator(
-        build_image_generator(TINY_GENERATOR, phantom_spec()), generator.data
+        build_image_generator(ImageNetworkConfig.from_dict(TINY_GENERATOR), phantom_spec()),
+        generator.data,
     )
     _, before = _generated_hu(untrained, root / "data")
     error_after = np.mean([abs(fake[v] - real[v]) for v in real])

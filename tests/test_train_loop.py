@@ -15,10 +15,11 @@ from medgen3d.errors import InputError
 from medgen3d.labels import bundled_table
 from medgen3d.phantom import make_phantom
 from medgen3d.preprocessing import Preprocessing
+from medgen3d.progress import drain
 from medgen3d.recipe import DataSpec, TrainingSettings
 from medgen3d.runtime import Runtime
 from medgen3d.train.bank import CaseBank
-from medgen3d.train.loop import OptimisedNetwork, TrainingTask, fit, step_generator
+from medgen3d.train.loop import OptimisedNetwork, TrainingTask, fit, step_rng
 
 CPU = Runtime(torch.device("cpu"))
 TABLE = bundled_table("thorax_phantom")
@@ -47,8 +48,8 @@ class LabelsToIntensity(TrainingTask):
         conv = torch.nn.Conv2d(len(TABLE), 1, 1)
         self.networks = {"net": OptimisedNetwork(conv, settings, CPU)}
 
-    def make_batch(self, bank: CaseBank, batch_size: int, generator: torch.Generator):
-        return bank.sample_sequences(batch_size, 4, generator)
+    def make_batch(self, bank: CaseBank, batch_size: int, rng: torch.Generator):
+        return bank.sample_sequences(batch_size, 4, rng)
 
     def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         net = self.networks["net"]
@@ -70,7 +71,7 @@ SETTINGS = TrainingSettings(
 def test_loss_falls_and_checkpoint_holds_inference_and_resume_state(
     bank: CaseBank, tmp_path: Path
 ) -> None:
-    result = fit(LabelsToIntensity(SETTINGS), bank, SPEC, SETTINGS, CPU, tmp_path / "c.pt")
+    result = drain(fit(LabelsToIntensity(SETTINGS), bank, SPEC, SETTINGS, CPU, tmp_path / "c.pt"))
     first, last = np.mean([x["l1"] for x in result.losses[:5]]), result.losses[-1]["l1"]
     assert last < 0.5 * first
     checkpoint = load_checkpoint(tmp_path / "c.pt", stage="images")
@@ -83,12 +84,38 @@ def test_loss_falls_and_checkpoint_holds_inference_and_resume_state(
     assert not torch.equal(checkpoint.weights["net"]["weight"], raw["weight"])
 
 
+def test_training_reports_every_step_and_stops_between_steps(
+    bank: CaseBank, tmp_path: Path
+) -> None:
+    """Training is a progress generator: one report per step with its losses, and a run
+    stopped between steps keeps its last periodic checkpoint, from which it resumes."""
+    work = fit(LabelsToIntensity(SETTINGS), bank, SPEC, SETTINGS, CPU, tmp_path / "c.pt")
+    reports = [next(work) for _ in range(15)]
+    work.close()
+    assert [(r.stage, r.done, r.total) for r in reports] == [
+        ("images", step, 40) for step in range(1, 16)
+    ]
+    assert all(set(r.metrics) == {"l1"} for r in reports)
+    assert load_checkpoint(tmp_path / "c.pt").training["step"] == 10
+    path = tmp_path / "c.pt"
+    resumed = drain(fit(LabelsToIntensity(SETTINGS), bank, SPEC, SETTINGS, CPU, path, resume=True))
+    assert (resumed.start_step, resumed.end_step) == (10, 40)
+
+
 def test_resumed_run_equals_uninterrupted_run(bank: CaseBank, tmp_path: Path) -> None:
-    fit(LabelsToIntensity(SETTINGS), bank, SPEC, SETTINGS, CPU, tmp_path / "once.pt")
+    drain(fit(LabelsToIntensity(SETTINGS), bank, SPEC, SETTINGS, CPU, tmp_path / "once.pt"))
     half = dataclasses.replace(SETTINGS, max_steps=25)
-    fit(LabelsToIntensity(half), bank, SPEC, half, CPU, tmp_path / "twice.pt")
-    resumed = fit(
-        LabelsToIntensity(SETTINGS), bank, SPEC, SETTINGS, CPU, tmp_path / "twice.pt", resume=True
+    drain(fit(LabelsToIntensity(half), bank, SPEC, half, CPU, tmp_path / "twice.pt"))
+    resumed = drain(
+        fit(
+            LabelsToIntensity(SETTINGS),
+            bank,
+            SPEC,
+            SETTINGS,
+            CPU,
+            tmp_path / "twice.pt",
+            resume=True,
+        )
     )
     assert (resumed.start_step, resumed.end_step) == (25, 40)
     once = load_checkpoint(tmp_path / "once.pt").training["state"]["net"]
@@ -99,9 +126,9 @@ def test_resumed_run_equals_uninterrupted_run(bank: CaseBank, tmp_path: Path) ->
 
 
 def test_step_batches_depend_only_on_seed_and_step(bank: CaseBank) -> None:
-    a = bank.sample_sequences(6, 4, step_generator(3, 17))
-    b = bank.sample_sequences(6, 4, step_generator(3, 17))
-    c = bank.sample_sequences(6, 4, step_generator(3, 18))
+    a = bank.sample_sequences(6, 4, step_rng(3, 17))
+    b = bank.sample_sequences(6, 4, step_rng(3, 17))
+    c = bank.sample_sequences(6, 4, step_rng(3, 18))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(a["image"], c["image"])
     assert a["image"].shape == (6, 4, 16, 16) and a["label"].dtype == torch.int64
@@ -110,25 +137,25 @@ def test_step_batches_depend_only_on_seed_and_step(bank: CaseBank) -> None:
 
 def test_existing_checkpoint_needs_resume_or_overwrite(bank: CaseBank, tmp_path: Path) -> None:
     short = dataclasses.replace(SETTINGS, max_steps=2)
-    fit(LabelsToIntensity(short), bank, SPEC, short, CPU, tmp_path / "c.pt")
+    drain(fit(LabelsToIntensity(short), bank, SPEC, short, CPU, tmp_path / "c.pt"))
     with pytest.raises(InputError, match="--resume"):
-        fit(LabelsToIntensity(short), bank, SPEC, short, CPU, tmp_path / "c.pt")
-    fit(LabelsToIntensity(short), bank, SPEC, short, CPU, tmp_path / "c.pt", overwrite=True)
+        drain(fit(LabelsToIntensity(short), bank, SPEC, short, CPU, tmp_path / "c.pt"))
+    drain(fit(LabelsToIntensity(short), bank, SPEC, short, CPU, tmp_path / "c.pt", overwrite=True))
 
 
 def test_resume_refuses_another_network(bank: CaseBank, tmp_path: Path) -> None:
     short = dataclasses.replace(SETTINGS, max_steps=2)
-    fit(LabelsToIntensity(short), bank, SPEC, short, CPU, tmp_path / "c.pt")
+    drain(fit(LabelsToIntensity(short), bank, SPEC, short, CPU, tmp_path / "c.pt"))
     other = LabelsToIntensity(short)
     other.model_config = lambda: {"kind": "something else"}
     with pytest.raises(InputError, match="different network configuration"):
-        fit(other, bank, SPEC, short, CPU, tmp_path / "c.pt", resume=True)
+        drain(fit(other, bank, SPEC, short, CPU, tmp_path / "c.pt", resume=True))
 
 
 def test_batch_must_divide_over_processes(bank: CaseBank, tmp_path: Path) -> None:
     three = Runtime(torch.device("cpu"), rank=0, world_size=3)
     with pytest.raises(InputError, match="does not divide over 3 processes"):
-        fit(LabelsToIntensity(SETTINGS), bank, SPEC, SETTINGS, three, tmp_path / "c.pt")
+        drain(fit(LabelsToIntensity(SETTINGS), bank, SPEC, SETTINGS, three, tmp_path / "c.pt"))
 
 
 def test_label_intensities_are_each_labels_percentiles_in_physical_units(bank: CaseBank) -> None:
@@ -148,12 +175,12 @@ def test_label_intensities_are_each_labels_percentiles_in_physical_units(bank: C
 
 
 def test_init_from_starts_a_fresh_run_at_the_given_weights(bank: CaseBank, tmp_path: Path) -> None:
-    fit(LabelsToIntensity(SETTINGS), bank, SPEC, SETTINGS, CPU, tmp_path / "trained.pt")
+    drain(fit(LabelsToIntensity(SETTINGS), bank, SPEC, SETTINGS, CPU, tmp_path / "trained.pt"))
     trained = load_checkpoint(tmp_path / "trained.pt")
     short = dataclasses.replace(SETTINGS, max_steps=3)
-    fresh = fit(LabelsToIntensity(short), bank, SPEC, short, CPU, tmp_path / "fresh.pt")
+    fresh = drain(fit(LabelsToIntensity(short), bank, SPEC, short, CPU, tmp_path / "fresh.pt"))
     task = LabelsToIntensity(short)
-    tuned = fit(task, bank, SPEC, short, CPU, tmp_path / "tuned.pt", init_from=trained)
+    tuned = drain(fit(task, bank, SPEC, short, CPU, tmp_path / "tuned.pt", init_from=trained))
     assert tuned.start_step == 0
     # It starts where the trained run ended, far below a fresh start.
     assert tuned.losses[0]["l1"] < 0.5 * fresh.losses[0]["l1"]

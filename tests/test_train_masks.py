@@ -22,15 +22,14 @@ import torch
 
 from medgen3d.checkpoint import load_checkpoint
 from medgen3d.labels import LabelTable
-from medgen3d.models.mask_diffusion import MaskDiffusionModel
 from medgen3d.phantom import write_phantoms
 from medgen3d.preprocessing import Preprocessing
 from medgen3d.progress import drain
 from medgen3d.recipe import DataSpec, Recipe, StageRecipe, TrainingSettings, load_recipe
 from medgen3d.runtime import Runtime
-from medgen3d.sampling import sample_mask_volume
+from medgen3d.stages.masks import MaskDiffusionModel, MaskNetworkConfig, sample_mask_volume
 from medgen3d.train.bank import CaseBank
-from medgen3d.train.loop import fit, step_generator
+from medgen3d.train.loop import fit, step_rng
 from medgen3d.train.masks import PATTERNS, build_task, draw_known_slices
 from medgen3d.train.run import train_stage
 
@@ -74,10 +73,10 @@ def trained(bank: CaseBank, tmp_path_factory: pytest.TempPathFactory):
     """(untrained model, trained model, per-step losses) of one short run."""
     torch.manual_seed(0)
     task = build_task(DATA, StageRecipe(MODEL, SETTINGS), CPU)
-    untrained = MaskDiffusionModel.build(DATA, MODEL)
+    untrained = MaskDiffusionModel.build(DATA, MaskNetworkConfig.from_dict(MODEL))
     untrained.network.load_state_dict(task.model.network.state_dict())
     path = tmp_path_factory.mktemp("masks") / "masks.pt"
-    result = fit(task, bank, DATA, SETTINGS, CPU, path)
+    result = drain(fit(task, bank, DATA, SETTINGS, CPU, path))
     model = MaskDiffusionModel.from_checkpoint(load_checkpoint(path, "masks"))
     untrained.network.eval()
     return untrained, model, [x["mse"] for x in result.losses]
@@ -145,8 +144,8 @@ def test_samples_draw_the_body_where_the_data_has_it(trained, bank: CaseBank) ->
 def test_batches_are_seeded_and_hold_every_condition(bank: CaseBank) -> None:
     torch.manual_seed(0)
     task = build_task(DATA, StageRecipe(MODEL, SETTINGS), CPU)
-    first = task.make_batch(bank, 64, step_generator(0, 5))
-    again = task.make_batch(bank, 64, step_generator(0, 5))
+    first = task.make_batch(bank, 64, step_rng(0, 5))
+    again = task.make_batch(bank, 64, step_rng(0, 5))
     for key, value in first.items():
         assert torch.equal(value, again[key]), key
     assert first["clean"].shape == (64, len(TABLE), 4, SIZE, SIZE)
@@ -193,7 +192,7 @@ def test_torchrun_two_processes_match_one(phantoms: Path, tmp_path: Path) -> Non
     assert [p.name for p in out.parent.iterdir()] == ["ddp.pt"]
 
     single = tmp_path / "single.pt"
-    train_stage("masks", phantoms, recipe, single, device="cpu", runtime=CPU)
+    drain(train_stage("masks", phantoms, recipe, single, device="cpu", runtime=CPU))
     ddp, one = load_checkpoint(out, "masks"), load_checkpoint(single, "masks")
     assert ddp.training["step"] == one.training["step"] == 3
     assert ddp.config["provenance"]["processes"] == 2
@@ -218,7 +217,7 @@ def test_training_runs_on_the_real_thoracic_ct(shared_data: Path, tmp_path: Path
     data = dataclasses.replace(recipe.data, preprocessing=coarse, sequence_length=4, overlap=1)
     tiny = TrainingSettings(max_steps=3, batch_size=2, checkpoint_every=10, log_every=1)
     small = Recipe(data, {"masks": StageRecipe(MODEL, tiny)})
-    result = train_stage("masks", case, small, tmp_path / "ct.pt", device="cpu", runtime=CPU)
+    result = drain(train_stage("masks", case, small, tmp_path / "ct.pt", device="cpu", runtime=CPU))
     assert result.end_step == 3 and all(np.isfinite(x["mse"]) for x in result.losses)
     checkpoint = load_checkpoint(tmp_path / "ct.pt", "masks")
     assert checkpoint.config["data"]["labels"]["names"][6] == "trachea"

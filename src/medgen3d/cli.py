@@ -24,7 +24,16 @@ from tqdm import tqdm
 from medgen3d import __version__
 from medgen3d.errors import InputError
 from medgen3d.io import check_output_file, check_output_folder
-from medgen3d.settings import DEFAULTS, Device, MaskSampler, RefineSampler, choices
+from medgen3d.settings import (
+    DEFAULTS,
+    Device,
+    GenerationSettings,
+    MaskSampler,
+    MaskSettings,
+    RefineSampler,
+    RefineSettings,
+    choices,
+)
 
 __all__ = ["build_parser", "main"]
 
@@ -132,25 +141,31 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> None:
+    from medgen3d.progress import Progress, drain
+    from medgen3d.runtime import distributed_runtime
     from medgen3d.train.run import train_stage
 
     check_output_file(args.out)
     progress, close = tqdm_progress(f"train {args.stage}", unit="step")
+
+    def show(report: Progress) -> None:
+        losses = {name: f"{value:.4f}" for name, value in (report.metrics or {}).items()}
+        progress(report.done, report.total, losses)
+
     try:
-        train_stage(
-            args.stage,
-            args.data,
-            args.config,
-            args.out,
-            resume=args.resume,
-            overwrite=args.overwrite,
-            max_steps=args.max_steps,
-            device=args.device,
-            init_from=args.init_from,
-            progress=lambda step, total, losses: progress(
-                step, total, {k: f"{v:.4f}" for k, v in losses.items()}
-            ),
-        )
+        with distributed_runtime(args.device) as runtime:
+            work = train_stage(
+                args.stage,
+                args.data,
+                args.config,
+                args.out,
+                resume=args.resume,
+                overwrite=args.overwrite,
+                max_steps=args.max_steps,
+                runtime=runtime,
+                init_from=args.init_from,
+            )
+            drain(work, show if runtime.is_main else None)
     finally:
         close()
 
@@ -176,32 +191,41 @@ def _add_generate(subparsers: argparse._SubParsersAction) -> None:
         help="slices per volume (default: the model's typical training volume; 64 for demo)",
     )
     p.add_argument(
-        "--steps", type=int, default=DEFAULTS.steps, help="mask denoising steps per sequence"
+        "--steps",
+        type=int,
+        default=DEFAULTS.masks.steps,
+        help="mask denoising steps per sequence (default: %(default)s)",
     )
-    p.add_argument("--sampler", default=DEFAULTS.sampler, choices=choices(MaskSampler))
+    p.add_argument("--sampler", default=DEFAULTS.masks.sampler, choices=choices(MaskSampler))
     p.add_argument(
         "--refine-strength",
         type=float,
-        default=DEFAULTS.refine_strength,
+        default=DEFAULTS.refiner.strength,
         help="0 skips the refiner (default: %(default)s)",
     )
     p.add_argument(
         "--refine-steps",
         type=int,
-        default=DEFAULTS.refine_steps,
+        default=DEFAULTS.refiner.steps,
         help="refiner denoising steps (default: %(default)s)",
     )
     p.add_argument(
         "--refine-sampler",
-        default=DEFAULTS.refine_sampler,
+        default=DEFAULTS.refiner.sampler,
         choices=choices(RefineSampler),
         help="auto: the one the refiner was trained for (default: %(default)s)",
     )
     p.add_argument(
         "--guidance",
         type=float,
-        default=DEFAULTS.guidance,
+        default=DEFAULTS.refiner.guidance,
         help="the refiner's classifier-free guidance; 1 is plain (default: %(default)s)",
+    )
+    p.add_argument(
+        "--refine-batch-size",
+        type=int,
+        default=DEFAULTS.refiner.batch_size,
+        help="slices per refiner call; lower it to save memory (default: %(default)s)",
     )
     p.add_argument(
         "--seed-mask", help="label NIfTI: labelled slices are kept, empty ones generated"
@@ -227,11 +251,10 @@ def _add_generate(subparsers: argparse._SubParsersAction) -> None:
 
 def _run_generate(args: argparse.Namespace) -> None:
     from medgen3d.generate import (
-        GenerationSettings,
         conform_labels,
         generate_samples,
-        images_for_mask_files,
         mask_files,
+        pairs_for_mask_files,
     )
     from medgen3d.io import load_volume
     from medgen3d.labels import label_mapping
@@ -244,15 +267,7 @@ def _run_generate(args: argparse.Namespace) -> None:
     check_output_folder(args.out)  # before loading the model, not after the work
     if args.n < 1:
         raise InputError(f"-n must be at least 1, got {args.n}")
-    settings = GenerationSettings(
-        seed=args.seed,
-        sampler=args.sampler,
-        steps=args.steps,
-        refine_strength=args.refine_strength,
-        refine_steps=args.refine_steps,
-        refine_sampler=args.refine_sampler,
-        guidance=args.guidance,
-    )
+    settings = _generation_settings(args)
     with distributed_runtime(args.device) as runtime:
         model = load_model(args.model, runtime.device)
         mapping = label_mapping(args.label_map) if args.label_map else None
@@ -260,7 +275,7 @@ def _run_generate(args: argparse.Namespace) -> None:
         settings = dataclasses.replace(settings, depth=depth)
         if args.masks:
             masks = mask_files(args.masks)
-            jobs = images_for_mask_files(
+            jobs = pairs_for_mask_files(
                 model,
                 masks,
                 args.out,
@@ -272,16 +287,16 @@ def _run_generate(args: argparse.Namespace) -> None:
             )
             count = len(runtime.shard(len(masks)))
         else:
-            seeds = None
+            seed_mask = None
             if args.seed_mask:
-                seeds = load_volume(args.seed_mask, "label")
-                seeds = conform_labels(model, seeds, args.seed_mask, mapping)
+                seed_mask = load_volume(args.seed_mask, "label")
+                seed_mask = conform_labels(model, seed_mask, args.seed_mask, mapping)
             jobs = generate_samples(
                 model,
                 args.out,
                 args.n,
                 settings,
-                seeds=seeds,
+                seed_mask=seed_mask,
                 stage=args.stage,
                 indices=runtime.shard(args.n),
                 overwrite=args.overwrite,
@@ -297,6 +312,21 @@ def _run_generate(args: argparse.Namespace) -> None:
                 bar.update()
         runtime.barrier()
     log.info("wrote %d samples to %s", count, args.out)
+
+
+def _generation_settings(args: argparse.Namespace) -> GenerationSettings:
+    """The settings the ``generate`` options give (the depth is the model's unless given)."""
+    return GenerationSettings(
+        seed=args.seed,
+        masks=MaskSettings(sampler=args.sampler, steps=args.steps),
+        refiner=RefineSettings(
+            strength=args.refine_strength,
+            steps=args.refine_steps,
+            sampler=args.refine_sampler,
+            guidance=args.guidance,
+            batch_size=args.refine_batch_size,
+        ),
+    )
 
 
 def _add_export(subparsers: argparse._SubParsersAction) -> None:

@@ -1,11 +1,17 @@
-"""What a user asks of a model: masks, an image for masks, a refined image, a whole pair.
+"""The composition layer: what a user asks of a model (masks, an image for masks, a refined
+image, a whole pair), made by chaining the stages of :mod:`medgen3d.stages`.
 
-These generator functions are the single entry the command line (``medgen3d generate``)
-and the napari widget share. They take and return :class:`~medgen3d.io.Volume` objects
-with label *values* and physical intensities (HU for CT), so geometry travels with the
-data: a mask completed from a user's seeds keeps the seeds' grid, an image generated for a
-user's mask comes back on that mask's grid, and the image and label of a pair always share
-one affine. Each yields :class:`~medgen3d.progress.Progress` and returns its result.
+This is the only module that chains stages and converts between volumes and the stages'
+arrays. Its generator functions are the single entry the command line (``medgen3d
+generate``), the napari widget and the evaluation share. They take and return
+:class:`~medgen3d.io.Volume` objects with label *values* and physical intensities (HU for
+CT), so geometry travels with the data: a mask completed from a user's seed mask keeps its
+grid, an image generated for a user's mask comes back on that mask's grid, and the image
+and label of a pair always share one affine. Each yields
+:class:`~medgen3d.progress.Progress` and returns its result.
+
+Every stage draws from its own seed (:func:`stage_seed`), so the stages' random streams
+never coincide and a sample is a function of its seed only.
 """
 
 from __future__ import annotations
@@ -30,31 +36,31 @@ from medgen3d.io import (
     save_volume,
 )
 from medgen3d.model import GenerativeModel
-from medgen3d.pipeline import generate_images, image_from_mask, stage_seed
 from medgen3d.preprocessing import preprocess_pair, resample_like
 from medgen3d.progress import ProgressGenerator, with_affine
 from medgen3d.recipe import DataSpec
-from medgen3d.refine import RefineSettings, refine_volume
-from medgen3d.sampling import sample_mask_volume
 from medgen3d.settings import GenerationSettings
+from medgen3d.stages.images import generate_images
+from medgen3d.stages.masks import sample_mask_volume
+from medgen3d.stages.refiner import refine_volume
 
 __all__ = [
     "GeneratedPair",
-    "GenerationSettings",
     "check_mask_extent",
     "conform_labels",
+    "generate_image",
     "generate_masks",
     "generate_pair",
     "generate_samples",
-    "image_from_masks",
-    "images_for_mask_files",
+    "image_for_channels",
     "mask_files",
     "model_grid",
     "pair_paths",
+    "pairs_for_mask_files",
     "refine_image",
-    "refine_settings",
     "regenerate_slices",
     "sample_seed",
+    "stage_seed",
     "write_pair",
 ]
 
@@ -76,6 +82,12 @@ def sample_seed(base_seed: int, index: int) -> int:
     return int(np.random.SeedSequence([base_seed, index]).generate_state(1)[0])
 
 
+def stage_seed(seed: int, stage: str) -> int:
+    """An independent seed per stage, so the stages' random streams never coincide."""
+    index = ("masks", "images", "refiner").index(stage)
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
 def model_grid(data: DataSpec, depth: int) -> np.ndarray:
     """The affine of a freshly generated volume: the model's spacing, centred on the origin."""
     size = _model_size(data)
@@ -88,85 +100,113 @@ def model_grid(data: DataSpec, depth: int) -> np.ndarray:
 
 
 def generate_masks(
-    model: GenerativeModel, settings: GenerationSettings, seeds: Volume | None = None
+    model: GenerativeModel, settings: GenerationSettings, seed_mask: Volume | None = None
 ) -> ProgressGenerator[Volume]:
     """A label volume from the mask model, optionally completing a user's seed slices.
 
     Args:
         model: a model with a ``masks`` stage.
-        settings: seed, depth (ignored when ``seeds`` is given), sampler and steps.
-        seeds: a label volume whose non-empty slices are kept exactly and whose empty
+        settings: seed, depth (ignored when ``seed_mask`` is given) and mask settings.
+        seed_mask: a label volume whose non-empty slices are kept exactly and whose empty
             slices are generated; its in-plane size must be the model's.
 
     Returns:
-        Label values on the seeds' grid, or on :func:`model_grid` without seeds.
+        Label values on the seed mask's grid, or on :func:`model_grid` without one.
     """
     mask_model = model.stage("masks")
     table = model.data.labels
-    if seeds is None:
+    if seed_mask is None:
         grid = Volume(
             np.zeros((settings.depth, *_model_size(model.data)), np.uint8),
             model_grid(model.data, settings.depth),
         )
         known_labels, known = None, None
     else:
-        _check_in_plane(seeds, model.data)
-        grid = seeds = conform_labels(model, seeds, "the seed mask")
-        known_labels = table.to_channels(seeds.data, "the seed mask")
+        _check_in_plane(seed_mask, model.data)
+        grid = seed_mask = conform_labels(model, seed_mask, "the seed mask")
+        known_labels = table.to_channels(seed_mask.data, "the seed mask")
         known = known_labels.reshape(len(known_labels), -1).any(axis=1)
     work = sample_mask_volume(
         mask_model,
         grid.shape[0],
         seed=stage_seed(settings.seed, "masks"),
-        sampler=settings.sampler,
-        steps=settings.steps,
+        sampler=settings.masks.sampler,
+        steps=settings.masks.steps,
         size=grid.shape[1:],
         known_labels=known_labels,
         known=known,
-        preview_every=max(1, settings.steps // 4),
+        preview_every=max(1, settings.masks.steps // 4),
     )
     channels = yield from with_affine(work, grid.affine)
     values = table.from_channels(channels)
-    if seeds is not None:  # seeded slices are returned exactly as given
-        values[known] = seeds.data[known].astype(values.dtype)
+    if seed_mask is not None:  # seeded slices are returned exactly as given
+        values[known] = seed_mask.data[known].astype(values.dtype)
     return grid.with_data(values)
 
 
 def generate_pair(
     model: GenerativeModel,
     settings: GenerationSettings,
-    seeds: Volume | None = None,
+    seed_mask: Volume | None = None,
     stage: Literal["all", "masks"] = "all",
 ) -> ProgressGenerator[GeneratedPair]:
     """Masks from the mask model, then (``stage="all"``) their image, refined."""
-    label = yield from generate_masks(model, settings, seeds)
+    label = yield from generate_masks(model, settings, seed_mask)
     if stage == "masks":
         return GeneratedPair(label, None, settings)
-    image = yield from image_from_masks(model, label, settings)
+    image = yield from generate_image(model, label, settings)
     return GeneratedPair(label, image, settings)
 
 
-def image_from_masks(
+def generate_image(
     model: GenerativeModel,
     label: Volume,
     settings: GenerationSettings,
     source: str | Path | None = None,
 ) -> ProgressGenerator[Volume]:
-    """An image for a label volume in any geometry, on exactly that volume's grid; the
-    refiner runs when the model has one and ``refine_strength > 0``.
+    """An image aligned with a label volume in any geometry, on exactly that volume's grid.
 
     The labels may be in the model's table or in its training data's convention (the
-    recipe's ``label_mapping``, e.g. a raw DLMUSE parcellation for ``brain-mri``); errors
-    name ``source``.
+    recipe's ``label_mapping``, e.g. a raw DLMUSE parcellation for ``brain-mri``). They are
+    resampled onto the model's grid (nearest neighbour), turned into an image there
+    (:func:`image_for_channels`), converted to physical units and resampled back onto the
+    label's grid.
+
+    Returns:
+        The image on ``label``'s grid (same shape, affine and source orientation).
+
+    Raises:
+        InputError: naming ``source``, for label values outside the table, or a volume
+            that on the model's grid is shorter than one sequence or has an in-plane size
+            the generator cannot take.
     """
+    label = conform_labels(model, label, source)
+    data = model.data
+    _, on_grid = preprocess_pair(None, label, data.preprocessing)
+    _check_model_grid(on_grid, model, source)
+    channels = data.labels.to_channels(on_grid.data, source)
+    image = yield from with_affine(image_for_channels(model, channels, settings), on_grid.affine)
+    physical = Volume(data.preprocessing.window.to_physical(image), on_grid.affine)
+    return resample_like(physical, label, "image")
+
+
+def image_for_channels(
+    model: GenerativeModel, channels: np.ndarray, settings: GenerationSettings
+) -> ProgressGenerator[np.ndarray]:
+    """Stages 2 and 3 on the model's grid: an image in [-1, 1] for ``(Z, H, W)`` channel
+    indices; the refiner runs when the model has one and the refine strength is above 0."""
+    image = yield from generate_images(
+        model.stage("images"), channels, seed=stage_seed(settings.seed, "images")
+    )
+    if "refiner" not in model.stages or settings.refiner.strength == 0.0:
+        return image
     return (
-        yield from image_from_mask(
-            conform_labels(model, label, source),
-            model.stage("images"),
-            model.stages.get("refiner"),
-            seed=settings.seed,
-            refine=refine_settings(settings),
-            source=source,
+        yield from refine_volume(
+            model.stage("refiner"),
+            image,
+            channels,
+            settings.refiner,
+            seed=stage_seed(settings.seed, "refiner"),
         )
     )
 
@@ -261,13 +301,11 @@ def refine_image(
     image, label = _on_one_grid(image, label)
     model.data.labels.check_values(label.data, "the label layer")
     normalised, label_on_grid = preprocess_pair(image, label, model.data.preprocessing)
-    refine = refine_settings(settings)
     work = refine_volume(
         model.stage("refiner"),
         normalised.data,
         model.data.labels.to_channels(label_on_grid.data),
-        strength=refine.strength,
-        steps=refine.steps,
+        settings.refiner,
         seed=stage_seed(settings.seed, "refiner"),
     )
     refined = yield from with_affine(work, normalised.affine)
@@ -309,14 +347,12 @@ def regenerate_slices(
         region=region,
     )
     updated = yield from with_affine(work, image.affine)
-    refine = refine_settings(settings)
-    if "refiner" in model.stages and refine.strength > 0:
+    if "refiner" in model.stages and settings.refiner.strength > 0:
         updated[region] = yield from refine_volume(
             model.stage("refiner"),
             updated[region],
             channels[region],
-            strength=refine.strength,
-            steps=refine.steps,
+            settings.refiner,
             seed=stage_seed(settings.seed, "refiner"),
         )
     result = image.data.copy()
@@ -388,16 +424,6 @@ def write_pair(
     return targets
 
 
-def refine_settings(settings: GenerationSettings) -> RefineSettings:
-    """The refiner's part of ``settings``."""
-    return RefineSettings(
-        strength=settings.refine_strength,
-        steps=settings.refine_steps,
-        sampler=settings.refine_sampler,
-        guidance=settings.guidance,
-    )
-
-
 def _on_one_grid(image: Volume, label: Volume) -> tuple[Volume, Volume]:
     """Check that an image and its labels share one grid (layers the user picked)."""
     if image.shape != label.shape or not np.allclose(image.affine, label.affine, atol=1e-4):
@@ -408,24 +434,40 @@ def _on_one_grid(image: Volume, label: Volume) -> tuple[Volume, Volume]:
     return image, label
 
 
+def _check_model_grid(on_grid: Volume, model: GenerativeModel, source: str | Path | None) -> None:
+    depth, height, width = on_grid.shape
+    length = model.data.sequence_length
+    if depth < length:
+        raise InputError(
+            f"has {depth} slices on the model's grid, fewer than one sequence ({length})", source
+        )
+    multiple = model.stage("images").network.size_multiple
+    if height % multiple or width % multiple:
+        raise InputError(
+            f"in-plane size {height}x{width} on the model's grid is not a multiple of "
+            f"{multiple}, which the generator needs",
+            source,
+        )
+
+
 def _model_size(data: DataSpec) -> tuple[int, int]:
     if data.preprocessing.size is None:
         raise InputError("the model was trained without a fixed in-plane size; give a mask")
     return data.preprocessing.size
 
 
-def _check_in_plane(seeds: Volume, data: DataSpec) -> None:
+def _check_in_plane(seed_mask: Volume, data: DataSpec) -> None:
     """Seeds are kept voxel for voxel, so they must lie on the model's grid: its in-plane
     size and its spacing (a mask at another spacing would be drawn at the wrong scale)."""
     size = _model_size(data)
-    if seeds.shape[1:] != size:
+    if seed_mask.shape[1:] != size:
         raise InputError(
-            f"the seed mask's in-plane size {seeds.shape[1:]} differs from the model's {size}; "
+            f"the seed mask's in-plane size {seed_mask.shape[1:]} differs from the model's {size}; "
             "paint seeds on a volume of the model's size (e.g. one it generated)"
         )
     spacing = data.preprocessing.spacing
-    if spacing is not None and not np.allclose(seeds.spacing, spacing, rtol=0.01):
-        given = " x ".join(f"{s:g}" for s in seeds.spacing)
+    if spacing is not None and not np.allclose(seed_mask.spacing, spacing, rtol=0.01):
+        given = " x ".join(f"{s:g}" for s in seed_mask.spacing)
         raise InputError(
             f"the seed mask's spacing {given} mm (z, y, x) differs from the model's "
             f"{' x '.join(f'{s:g}' for s in spacing)} mm; paint seeds on a volume the model "
@@ -439,7 +481,7 @@ def generate_samples(
     count: int,
     settings: GenerationSettings,
     *,
-    seeds: Volume | None = None,
+    seed_mask: Volume | None = None,
     stage: Literal["all", "masks"] = "all",
     indices: Iterable[int] | None = None,
     overwrite: bool = False,
@@ -464,7 +506,7 @@ def generate_samples(
 
     def one(i: int) -> ProgressGenerator[list[Path]]:
         seeded = settings.with_seed(sample_seed(settings.seed, i))
-        pair = yield from generate_pair(model, seeded, seeds, stage)
+        pair = yield from generate_pair(model, seeded, seed_mask, stage)
         return write_pair(
             out,
             f"sample_{i:04d}",
@@ -480,7 +522,7 @@ def generate_samples(
         yield i, one(i)
 
 
-def images_for_mask_files(
+def pairs_for_mask_files(
     model: GenerativeModel,
     masks: Sequence[Path],
     out: str | Path,
@@ -520,7 +562,7 @@ def images_for_mask_files(
     def one(i: int) -> ProgressGenerator[list[Path]]:
         label = prepared(i)
         seeded = settings.with_seed(sample_seed(settings.seed, i))
-        image = yield from image_from_masks(model, label, seeded, source=masks[i])
+        image = yield from generate_image(model, label, seeded, source=masks[i])
         return write_pair(
             out,
             names[i],

@@ -45,9 +45,9 @@ __all__ = [
 DEFAULT_DEPTH = 64
 # stage -> (module, class) whose ``from_checkpoint(checkpoint, device)`` builds it
 STAGE_MODELS = {
-    "masks": ("medgen3d.models.mask_diffusion", "MaskDiffusionModel"),
-    "images": ("medgen3d.models.image_generator", "ImageGenerator"),
-    "refiner": ("medgen3d.models.refiner", "SemanticRefiner"),
+    "masks": ("medgen3d.stages.masks", "MaskDiffusionModel"),
+    "images": ("medgen3d.stages.images", "ImageGenerator"),
+    "refiner": ("medgen3d.stages.refiner", "SemanticRefiner"),
 }
 
 

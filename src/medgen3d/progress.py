@@ -10,7 +10,7 @@ drains them with :func:`drain`.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -34,6 +34,7 @@ class Progress:
         affine: the preview's voxel-to-world affine (nibabel ``(x, y, z)`` order), where
             the caller that knows the grid attached it (:func:`with_affine`), so a viewer can
             show the preview where the result will appear.
+        metrics: figures of the unit just finished, such as a training step's losses.
     """
 
     stage: str
@@ -41,6 +42,7 @@ class Progress:
     total: int
     preview: np.ndarray | None = None
     affine: np.ndarray | None = None
+    metrics: Mapping[str, float] | None = None
 
 
 ProgressGenerator = Generator[Progress, None, T]

@@ -1,24 +1,35 @@
 """The settings of a generation, each default and each choice written once.
 
-The command line's options and the napari widget's controls take their defaults and
-choices from here, and every generated sample records them in its sidecar. The module
-imports neither torch nor MONAI, so the widget can build its controls without loading the
-engine.
+:class:`GenerationSettings` holds what a whole generation needs (seed, depth) and one
+settings object per stage that has any (:class:`MaskSettings`, :class:`RefineSettings`;
+the image generator has none). The command line's options and the napari widget's
+controls take their defaults and choices from :data:`DEFAULTS` and the enums here, and
+every generated sample records the settings in its sidecar. The module imports neither
+torch nor MONAI, so the widget can build its controls without loading the engine.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from enum import Enum
+from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from medgen3d.errors import InputError
 
-__all__ = ["DEFAULTS", "Device", "GenerationSettings", "MaskSampler", "RefineSampler", "choices"]
+__all__ = [
+    "DEFAULTS",
+    "Device",
+    "GenerationSettings",
+    "MaskSampler",
+    "MaskSettings",
+    "RefineSampler",
+    "RefineSettings",
+    "choices",
+]
 
 
-class MaskSampler(str, Enum):
+class MaskSampler(StrEnum):
     """Samplers of the mask stage (its objective decides which of them apply)."""
 
     DDIM = "ddim"
@@ -26,7 +37,7 @@ class MaskSampler(str, Enum):
     DDPM = "ddpm"
 
 
-class RefineSampler(str, Enum):
+class RefineSampler(StrEnum):
     """Samplers of the refiner; ``auto`` is the one its training objective calls for
     (rectified flow for an ``rflow`` refiner, DDIM otherwise)."""
 
@@ -36,7 +47,7 @@ class RefineSampler(str, Enum):
     RFLOW = "rflow"
 
 
-class Device(str, Enum):
+class Device(StrEnum):
     """Where work runs; ``auto`` prefers CUDA, then Apple MPS, then the CPU."""
 
     AUTO = "auto"
@@ -45,9 +56,65 @@ class Device(str, Enum):
     MPS = "mps"
 
 
-def choices(enum: type[Enum]) -> tuple[str, ...]:
+def choices(enum: type[StrEnum]) -> tuple[str, ...]:
     """The values of ``enum``, for argparse ``choices`` and combo boxes."""
     return tuple(member.value for member in enum)
+
+
+def _member(enum: type[StrEnum], value: str, what: str) -> StrEnum:
+    try:
+        return enum(value)
+    except ValueError:
+        raise InputError(f"unknown {what} {value!r}; choose from {choices(enum)}") from None
+
+
+@dataclass(frozen=True)
+class MaskSettings:
+    """How stage 1 samples masks.
+
+    Attributes:
+        sampler: mask sampler.
+        steps: denoising steps per sequence.
+    """
+
+    sampler: MaskSampler = MaskSampler.DDIM
+    steps: int = 25
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sampler", _member(MaskSampler, self.sampler, "mask sampler"))
+        if self.steps < 1:
+            raise InputError(f"mask steps must be at least 1, got {self.steps}")
+
+
+@dataclass(frozen=True)
+class RefineSettings:
+    """How stage 3 refines an image (SDEdit).
+
+    Attributes:
+        strength: noise level in [0, 1]; 0 skips refinement.
+        steps: denoising steps from that level.
+        sampler: refiner sampler (``auto``: the one its objective calls for).
+        guidance: classifier-free guidance scale (1: plain conditional sampling; above 1
+            follows the masks more closely, at twice the cost per step).
+        batch_size: slices per network call.
+    """
+
+    strength: float = 0.3
+    steps: int = 8
+    sampler: RefineSampler = RefineSampler.AUTO
+    guidance: float = 1.0
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sampler", _member(RefineSampler, self.sampler, "refiner sampler"))
+        if not 0.0 <= self.strength <= 1.0:
+            raise InputError(f"refine strength must be in [0, 1], got {self.strength}")
+        if self.steps < 1:
+            raise InputError(f"refine steps must be at least 1, got {self.steps}")
+        if self.guidance < 0.0:
+            raise InputError(f"guidance must be >= 0, got {self.guidance}")
+        if self.batch_size < 1:
+            raise InputError(f"refinement batch size must be >= 1, got {self.batch_size}")
 
 
 @dataclass(frozen=True)
@@ -58,42 +125,31 @@ class GenerationSettings:
         seed: seed of this sample (derive per-sample seeds with
             :func:`medgen3d.generate.sample_seed`).
         depth: slices to generate when no seed mask fixes the depth.
-        sampler: mask sampler.
-        steps: mask denoising steps per sequence.
-        refine_strength: SDEdit strength of the refiner (0 skips it).
-        refine_steps: refiner denoising steps.
-        refine_sampler: refiner sampler.
-        guidance: classifier-free guidance scale of the refiner (1: plain conditional
-            sampling; above 1 follows the masks more closely, at twice the cost per step).
+        masks: stage 1's settings.
+        refiner: stage 3's settings.
     """
 
     seed: int = 0
     depth: int = 64
-    sampler: str = MaskSampler.DDIM.value
-    steps: int = 25
-    refine_strength: float = 0.3
-    refine_steps: int = 8
-    refine_sampler: str = RefineSampler.AUTO.value
-    guidance: float = 1.0
+    masks: MaskSettings = field(default_factory=MaskSettings)
+    refiner: RefineSettings = field(default_factory=RefineSettings)
 
     def __post_init__(self) -> None:
         if self.seed < 0:
             raise InputError(f"seed must be >= 0, got {self.seed}")
-        if self.steps < 1 or self.refine_steps < 1:
-            raise InputError("steps and refine steps must be at least 1")
-        if not 0.0 <= self.refine_strength <= 1.0:
-            raise InputError(f"refine strength must be in [0, 1], got {self.refine_strength}")
-        if self.guidance < 0.0:
-            raise InputError(f"guidance must be >= 0, got {self.guidance}")
-        for value, enum in ((self.sampler, MaskSampler), (self.refine_sampler, RefineSampler)):
-            if value not in choices(enum):
-                raise InputError(f"unknown sampler {value!r}; choose from {choices(enum)}")
+        if self.depth < 1:
+            raise InputError(f"depth must be at least 1, got {self.depth}")
 
     def with_seed(self, seed: int) -> GenerationSettings:
         return dataclasses.replace(self, seed=seed)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain JSON-able values (enums as their strings), as sidecars record them."""
+        return dataclasses.asdict(self, dict_factory=_plain_dict)
+
+
+def _plain_dict(items: list[tuple[str, Any]]) -> dict[str, Any]:
+    return {key: value.value if isinstance(value, StrEnum) else value for key, value in items}
 
 
 DEFAULTS = GenerationSettings()

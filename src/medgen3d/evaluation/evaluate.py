@@ -377,8 +377,8 @@ def _kid(first: torch.Tensor, second: torch.Tensor, seed: int) -> float:
     unbiased estimator needs it) and at most :data:`KID_SUBSET` rows (its cost grows with
     the cube of the rows), as KID is usually computed."""
     size = min(len(first), len(second), KID_SUBSET)
-    generator = torch.Generator().manual_seed(seed)
-    subsets = [f[torch.randperm(len(f), generator=generator)[:size]] for f in (first, second)]
+    rng = torch.Generator().manual_seed(seed)
+    subsets = [f[torch.randperm(len(f), generator=rng)[:size]] for f in (first, second)]
     return kernel_distance(*subsets)
 
 

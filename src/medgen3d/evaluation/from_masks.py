@@ -22,11 +22,10 @@ from typing import Any
 import numpy as np
 
 from medgen3d.evaluation.segmenter import Segmenter, dice_per_label
-from medgen3d.generate import refine_settings
+from medgen3d.generate import image_for_channels
 from medgen3d.model import GenerativeModel
-from medgen3d.pipeline import image_from_labels
 from medgen3d.progress import ProgressGenerator, as_stage
-from medgen3d.settings import GenerationSettings
+from medgen3d.settings import DEFAULTS
 from medgen3d.train.bank import CaseBank
 
 __all__ = ["images_from_real_masks", "label_means"]
@@ -49,21 +48,19 @@ def images_from_real_masks(
 ) -> ProgressGenerator[dict[str, Any]]:
     """Turn the masks of real cases ``ids`` into images and compare (module docstring).
 
-    Uses the generation defaults of :class:`~medgen3d.settings.GenerationSettings` for the
-    refiner, so the figures describe what ``generate --masks`` gives.
+    Uses the generation defaults (:data:`~medgen3d.settings.DEFAULTS`) for the refiner, so
+    the figures describe what ``generate --masks`` gives.
 
     Returns:
         JSON-ready metrics: ``cases``, per-label mean intensities (physical units) of the
         real and generated images, ``pearson_r`` over labels, and the segmenter's Dice on
         real and generated images of those cases.
     """
-    refine = refine_settings(GenerationSettings())
-    generator, refiner = model.stage("images"), model.stages.get("refiner")
     num_classes = real.num_classes
     real_means, generated_means, real_dice, generated_dice = [], [], [], []
     for n, i in enumerate(ids):
         labels = real.labels[i]
-        work = image_from_labels(generator, refiner, labels, seed=seed + i, refine=refine)
+        work = image_for_channels(model, labels, DEFAULTS.with_seed(seed + i))
         image = yield from as_stage(work, f"image from real mask {n + 1}/{len(ids)}")
         real_means.append(label_means(real.images[i], labels, num_classes))
         generated_means.append(label_means(image, labels, num_classes))

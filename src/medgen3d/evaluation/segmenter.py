@@ -41,7 +41,7 @@ from medgen3d.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from medgen3d.errors import InputError
 from medgen3d.progress import Progress, ProgressGenerator
 from medgen3d.runtime import resolve_device
-from medgen3d.train.loop import step_generator
+from medgen3d.train.loop import step_rng
 
 __all__ = [
     "STAGE",
@@ -322,7 +322,7 @@ def train_segmenter(
     optimizer = torch.optim.AdamW(segmenter.network.parameters(), lr=settings.learning_rate)
     segmenter.network.train()
     for step in range(settings.steps):
-        x, y = slices.draw(settings.batch_size, step_generator(settings.seed, step))
+        x, y = slices.draw(settings.batch_size, step_rng(settings.seed, step))
         loss = loss_function(segmenter.network(x.to(segmenter.device)), y.to(segmenter.device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -379,12 +379,10 @@ class _AxialSlices:
         # Slice k of all volumes in a row is slice k - offsets[i] of volume i.
         self.offsets = np.cumsum([0] + [image.shape[0] for image, _ in pairs])
 
-    def draw(
-        self, batch_size: int, generator: torch.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def draw(self, batch_size: int, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """``batch_size`` slices, uniformly with replacement: images ``(N, 1, H, W)``
         float32 and labels ``(N, 1, H, W)`` int64."""
-        picks = torch.randint(int(self.offsets[-1]), (batch_size,), generator=generator).numpy()
+        picks = torch.randint(int(self.offsets[-1]), (batch_size,), generator=rng).numpy()
         volumes = np.searchsorted(self.offsets, picks, side="right") - 1
         within = picks - self.offsets[volumes]
         x = torch.stack([self.images[v][k] for v, k in zip(volumes, within, strict=True)])

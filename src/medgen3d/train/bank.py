@@ -153,7 +153,7 @@ class CaseBank:
         return ranges
 
     def sample_sequences(
-        self, batch_size: int, length: int, generator: torch.Generator
+        self, batch_size: int, length: int, rng: torch.Generator
     ) -> dict[str, torch.Tensor]:
         """Draw ``batch_size`` random sequences of ``length`` consecutive slices.
 
@@ -162,8 +162,8 @@ class CaseBank:
             channel indices, ``position`` float ``(B,)``: the relative position
             ``start / (Z - L)`` of each sequence in its volume (0.5 when ``Z == L``).
         """
-        case_ids = torch.randint(len(self), (batch_size,), generator=generator).tolist()
-        draws = torch.rand(batch_size, generator=generator, dtype=torch.float64).tolist()
+        case_ids = torch.randint(len(self), (batch_size,), generator=rng).tolist()
+        draws = torch.rand(batch_size, generator=rng, dtype=torch.float64).tolist()
         images, labels, positions = [], [], []
         for case_id, u in zip(case_ids, draws, strict=True):
             depth = self.images[case_id].shape[0]

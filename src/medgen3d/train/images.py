@@ -17,7 +17,6 @@ steps; the adversarial and FM terms add the texture L1 alone would blur away.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,10 +24,10 @@ import torch
 from monai.losses import PatchAdversarialLoss
 from monai.networks.nets import MultiScalePatchDiscriminator
 
-from medgen3d.models._config import check_keys
-from medgen3d.models.image_generator import GeneratorConfig, build_image_generator
 from medgen3d.recipe import DataSpec, StageRecipe
 from medgen3d.runtime import Runtime
+from medgen3d.stages.config import NetworkConfig, positive_int
+from medgen3d.stages.images import ImageNetworkConfig, build_image_generator
 from medgen3d.train.bank import CaseBank
 from medgen3d.train.loop import OptimisedNetwork, TrainingTask
 
@@ -36,13 +35,20 @@ __all__ = ["DiscriminatorConfig", "ImageTrainingConfig", "ImagesTask", "build_ta
 
 
 @dataclass(frozen=True)
-class DiscriminatorConfig:
+class DiscriminatorConfig(NetworkConfig):
     """The multi-scale PatchGAN: ``scales`` discriminators of ``layers`` (+1 per scale)
     strided convolutions, ``channels`` filters in the first."""
+
+    SECTION = "discriminator"
 
     channels: int = 16
     layers: int = 2
     scales: int = 2
+
+    def __post_init__(self) -> None:
+        for key in ("channels", "layers", "scales"):
+            if not positive_int(getattr(self, key)):
+                raise ValueError(f"discriminator {key!r} must be an integer >= 1")
 
     def build(self, in_channels: int, size: int | None) -> MultiScalePatchDiscriminator:
         """The discriminator for slices of ``size`` pixels (the smaller side; ``None``
@@ -71,12 +77,12 @@ class DiscriminatorConfig:
 
 
 @dataclass(frozen=True)
-class ImageTrainingConfig:
+class ImageTrainingConfig(NetworkConfig):
     """The recipe's ``images.model`` section.
 
     Attributes:
-        generator: :class:`GeneratorConfig` as a dict.
-        discriminator: :class:`DiscriminatorConfig`.
+        generator: the generator network.
+        discriminator: the discriminator.
         l1: weight of the L1 loss.
         adversarial: weight of the generator's adversarial loss.
         feature_matching: weight of discriminator feature matching.
@@ -84,7 +90,9 @@ class ImageTrainingConfig:
         first_probability: how often a sample is trained as a first sequence (no context).
     """
 
-    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    SECTION = "images model"
+
+    generator: ImageNetworkConfig = field(default_factory=ImageNetworkConfig)
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
     l1: float = 10.0
     adversarial: float = 1.0
@@ -92,44 +100,19 @@ class ImageTrainingConfig:
     discriminator_learning_rate: float | None = None
     first_probability: float = 0.25
 
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> ImageTrainingConfig:
-        """Parse the section.
-
-        Raises:
-            ValueError: naming the key, for unknown keys or invalid values.
-        """
-        scalars = {"l1", "adversarial", "feature_matching", "first_probability"}
-        allowed = {"generator", "discriminator", "discriminator_learning_rate", *scalars}
-        check_keys(d, allowed, "images model")
-        disc = d.get("discriminator", {})
-        check_keys(disc, {"channels", "layers", "scales"}, "discriminator")
-        values = {k: float(d[k]) for k in scalars if k in d}
-        for key, value in values.items():
-            if value < 0 or (key == "first_probability" and value > 1):
-                raise ValueError(f"images model {key!r} is out of range: {value}")
-        lr = d.get("discriminator_learning_rate")
-        return cls(
-            generator=GeneratorConfig.from_dict(d.get("generator", {})),
-            discriminator=DiscriminatorConfig(**disc),
-            discriminator_learning_rate=None if lr is None else float(lr),
-            **values,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "generator": self.generator.to_dict(),
-            "discriminator": {
-                "channels": self.discriminator.channels,
-                "layers": self.discriminator.layers,
-                "scales": self.discriminator.scales,
-            },
-            "l1": self.l1,
-            "adversarial": self.adversarial,
-            "feature_matching": self.feature_matching,
-            "discriminator_learning_rate": self.discriminator_learning_rate,
-            "first_probability": self.first_probability,
-        }
+    def __post_init__(self) -> None:
+        for key in ("l1", "adversarial", "feature_matching", "first_probability"):
+            value = getattr(self, key)
+            if not isinstance(value, int | float) or value < 0:
+                raise ValueError(f"images model {key!r} must be a number >= 0, got {value!r}")
+            object.__setattr__(self, key, float(value))
+        if self.first_probability > 1:
+            raise ValueError(
+                f"images model 'first_probability' must be at most 1, got {self.first_probability}"
+            )
+        lr = self.discriminator_learning_rate
+        if lr is not None:
+            object.__setattr__(self, "discriminator_learning_rate", float(lr))
 
 
 class ImagesTask(TrainingTask):
@@ -143,7 +126,7 @@ class ImagesTask(TrainingTask):
     ) -> None:
         self.data = data
         self.config = config
-        generator = build_image_generator(config.generator.to_dict(), data)
+        generator = build_image_generator(config.generator, data)
         size = data.preprocessing.size
         discriminator = config.discriminator.build(
             2 * data.sequence_length, None if size is None else min(size)
@@ -165,14 +148,14 @@ class ImagesTask(TrainingTask):
         return self.config.to_dict()
 
     def make_batch(
-        self, bank: CaseBank, batch_size: int, generator: torch.Generator
+        self, bank: CaseBank, batch_size: int, rng: torch.Generator
     ) -> dict[str, torch.Tensor]:
-        batch = bank.sample_sequences(batch_size, self.data.sequence_length, generator)
-        first = torch.rand(batch_size, generator=generator) < self.config.first_probability
+        batch = bank.sample_sequences(batch_size, self.data.sequence_length, rng)
+        first = torch.rand(batch_size, generator=rng) < self.config.first_probability
         h, w = batch["image"].shape[2:]
         noise_channels = self.config.generator.noise_channels
         batch["first"] = first.float()
-        batch["noise"] = torch.randn((batch_size, noise_channels, h, w), generator=generator)
+        batch["noise"] = torch.randn((batch_size, noise_channels, h, w), generator=rng)
         return batch
 
     def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -14,7 +14,6 @@ import contextlib
 import datetime
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,15 +25,14 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from medgen3d import __version__
 from medgen3d.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from medgen3d.errors import InputError
+from medgen3d.progress import Progress, ProgressGenerator
 from medgen3d.recipe import DataSpec, TrainingSettings
 from medgen3d.runtime import Runtime
 from medgen3d.train.bank import CaseBank
 
-__all__ = ["OptimisedNetwork", "TrainingResult", "TrainingTask", "fit", "step_generator"]
+__all__ = ["OptimisedNetwork", "TrainingResult", "TrainingTask", "fit", "step_rng"]
 
 log = logging.getLogger(__name__)
-
-TrainingProgress = Callable[[int, int, dict[str, float]], None]
 
 
 class OptimisedNetwork:
@@ -130,10 +128,10 @@ class TrainingTask(ABC):
 
     @abstractmethod
     def make_batch(
-        self, bank: CaseBank, batch_size: int, generator: torch.Generator
+        self, bank: CaseBank, batch_size: int, rng: torch.Generator
     ) -> dict[str, torch.Tensor]:
         """The whole global batch on the CPU, every random draw (noise, timesteps, condition
-        dropping) taken from ``generator`` so all ranks see the same batch."""
+        dropping) taken from ``rng`` so all ranks see the same batch."""
 
     @abstractmethod
     def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -201,8 +199,8 @@ class TrainingResult:
     losses: list[dict[str, float]] = field(default_factory=list)
 
 
-def step_generator(seed: int, step: int) -> torch.Generator:
-    """The generator of step ``step``: a function of (seed, step) only, so resuming or
+def step_rng(seed: int, step: int) -> torch.Generator:
+    """The random stream of step ``step``: a function of (seed, step) only, so resuming or
     changing the number of processes never changes which batch a step sees."""
     state = np.random.SeedSequence([seed, step]).generate_state(2, dtype=np.uint64)
     return torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
@@ -219,10 +217,13 @@ def fit(
     resume: bool = False,
     overwrite: bool = False,
     provenance: dict[str, Any] | None = None,
-    progress: TrainingProgress | None = None,
     init_from: Checkpoint | None = None,
-) -> TrainingResult:
+) -> ProgressGenerator[TrainingResult]:
     """Train ``task`` for ``settings.max_steps`` steps in all, saving to ``checkpoint_path``.
+
+    A progress generator like inference: the command line drains it into a progress bar,
+    and stopping it between steps (or an interruption) leaves the last periodic checkpoint,
+    from which ``resume`` continues.
 
     Args:
         task: the stage's networks and step.
@@ -236,9 +237,12 @@ def fit(
         resume: continue from the step and state stored in ``checkpoint_path``.
         overwrite: allow replacing an existing checkpoint when not resuming.
         provenance: facts about the run to record (dataset, command line).
-        progress: ``progress(step, max_steps, losses)`` after each step, on rank 0.
         init_from: a checkpoint of the same stage whose weights a fresh run starts from
             (ignored when resuming: the run's own state wins).
+
+    Yields:
+        ``Progress(stage, step, max_steps, metrics=losses)`` after every step, the losses
+        averaged over the processes.
 
     Raises:
         InputError: for a batch that does not divide over the processes, an existing
@@ -250,27 +254,11 @@ def fit(
         raise InputError(
             f"batch_size {settings.batch_size} does not divide over {runtime.world_size} processes"
         )
-    start = 0
-    if resume and checkpoint_path.exists():
-        start = _restore(task, checkpoint_path)
-        log.info("resuming %s from step %d of %s", task.stage, start, checkpoint_path)
-    elif checkpoint_path.exists() and not overwrite and not resume:
-        raise InputError(
-            "already exists; pass --resume to continue it or --overwrite", checkpoint_path
-        )
-    elif init_from is not None:
-        skipped = task.initialise_from(init_from)
-        log.info(
-            "%s starts from the weights of %s (%d tensors left fresh%s)",
-            task.stage,
-            init_from.path,
-            len(skipped),
-            f": {', '.join(skipped[:5])}" if skipped else "",
-        )
+    start = _first_step(task, checkpoint_path, resume, overwrite, init_from)
     result = TrainingResult(start, start)
     task.train()
     for step in range(start, settings.max_steps):
-        batch = task.make_batch(bank, settings.batch_size, step_generator(settings.seed, step))
+        batch = task.make_batch(bank, settings.batch_size, step_rng(settings.seed, step))
         shard = {
             k: v[runtime.rank :: runtime.world_size].to(runtime.device) for k, v in batch.items()
         }
@@ -280,23 +268,45 @@ def fit(
         values = dict(zip(names, reduced.tolist(), strict=True))
         result.losses.append(values)
         result.end_step = step + 1
-        if runtime.is_main:
-            if progress is not None:
-                progress(step + 1, settings.max_steps, values)
-            if (step + 1) % settings.log_every == 0:
-                log.info(
-                    "%s step %d/%d %s",
-                    task.stage,
-                    step + 1,
-                    settings.max_steps,
-                    " ".join(f"{n}={v:.4f}" for n, v in values.items()),
-                )
+        if runtime.is_main and (step + 1) % settings.log_every == 0:
+            described = " ".join(f"{n}={v:.4f}" for n, v in values.items())
+            log.info("%s step %d/%d %s", task.stage, step + 1, settings.max_steps, described)
         last = step + 1 == settings.max_steps
         if last or (step + 1) % settings.checkpoint_every == 0:
             if runtime.is_main:
                 _save(task, data, settings, step + 1, checkpoint_path, provenance)
             runtime.barrier()
+        yield Progress(task.stage, step + 1, settings.max_steps, metrics=values)
     return result
+
+
+def _first_step(
+    task: TrainingTask,
+    checkpoint_path: Path,
+    resume: bool,
+    overwrite: bool,
+    init_from: Checkpoint | None,
+) -> int:
+    """Restore a run to resume (its step), or start a fresh one, from ``init_from``'s
+    weights when given (step 0)."""
+    if resume and checkpoint_path.exists():
+        start = _restore(task, checkpoint_path)
+        log.info("resuming %s from step %d of %s", task.stage, start, checkpoint_path)
+        return start
+    if checkpoint_path.exists() and not overwrite and not resume:
+        raise InputError(
+            "already exists; pass --resume to continue it or --overwrite", checkpoint_path
+        )
+    if init_from is not None:
+        skipped = task.initialise_from(init_from)
+        log.info(
+            "%s starts from the weights of %s (%d tensors left fresh%s)",
+            task.stage,
+            init_from.path,
+            len(skipped),
+            f": {', '.join(skipped[:5])}" if skipped else "",
+        )
+    return 0
 
 
 def _save(

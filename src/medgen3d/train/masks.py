@@ -1,13 +1,13 @@
 """Training of MC-DPM, the mask-sequence diffusion model.
 
-Every batch item gets its own condition pattern, drawn from the step's generator, so one
+Every batch item gets its own condition pattern, drawn from the step's random stream, so one
 network learns every way the sampler uses it (MCVD-style random masking of conditions):
 
 * **known slices**: none (start a volume), the first ``n`` or the last ``n`` (extend from a
   neighbour; ``n = k`` half of the time, otherwise any ``1 .. L-1``, because the last
   sequence of a volume whose depth is not aligned to the stride shares more than ``k``
   slices), both ends, or a scattered subset (slices a user painted);
-* **position**: replaced by :data:`~medgen3d.models.mask_diffusion.NO_POSITION` with
+* **position**: replaced by :data:`~medgen3d.stages.masks.NO_POSITION` with
   probability ``position_dropout``, so the model also generates without it.
 
 Known slices enter the noisy input exactly as the sampler pins them (their clean values
@@ -24,9 +24,14 @@ from typing import Any
 import torch
 
 from medgen3d.errors import InputError
-from medgen3d.models.mask_diffusion import NO_POSITION, MaskDiffusionModel, labels_to_signal
 from medgen3d.recipe import DataSpec, StageRecipe, TrainingSettings
 from medgen3d.runtime import Runtime
+from medgen3d.stages.masks import (
+    NO_POSITION,
+    MaskDiffusionModel,
+    MaskNetworkConfig,
+    labels_to_signal,
+)
 from medgen3d.train.bank import CaseBank
 from medgen3d.train.loop import OptimisedNetwork, TrainingTask
 
@@ -42,7 +47,8 @@ def build_task(data: DataSpec, stage: StageRecipe, runtime: Runtime) -> MaskTask
     Raises:
         ValueError: naming the key, for an invalid ``masks.model`` section.
     """
-    return MaskTask(MaskDiffusionModel.build(data, stage.model), stage.training, runtime)
+    model = MaskDiffusionModel.build(data, MaskNetworkConfig.from_dict(stage.model))
+    return MaskTask(model, stage.training, runtime)
 
 
 class MaskTask(TrainingTask):
@@ -60,21 +66,21 @@ class MaskTask(TrainingTask):
         self.networks = {"network": OptimisedNetwork(model.network, settings, runtime)}
 
     def make_batch(
-        self, bank: CaseBank, batch_size: int, generator: torch.Generator
+        self, bank: CaseBank, batch_size: int, rng: torch.Generator
     ) -> dict[str, torch.Tensor]:
         model = self.model
         if bank.num_classes != model.num_classes:
             raise InputError(
                 f"the data has {bank.num_classes} label channels, the model {model.num_classes}"
             )
-        drawn = bank.sample_sequences(batch_size, model.length, generator)
+        drawn = bank.sample_sequences(batch_size, model.length, rng)
         clean = labels_to_signal(drawn["label"], model.num_classes)
-        dropped = torch.rand(batch_size, generator=generator) < model.config["position_dropout"]
+        dropped = torch.rand(batch_size, generator=rng) < model.config.position_dropout
         return {
             "clean": clean,
-            "noise": torch.randn(clean.shape, generator=generator),
-            "timesteps": model.diffusion.sample_timesteps(batch_size, generator),
-            "known": draw_known_slices(batch_size, model.length, model.overlap, generator),
+            "noise": torch.randn(clean.shape, generator=rng),
+            "timesteps": model.diffusion.sample_timesteps(batch_size, rng),
+            "known": draw_known_slices(batch_size, model.length, model.overlap, rng),
             "position": torch.where(dropped, NO_POSITION, drawn["position"]),
         }
 
@@ -91,27 +97,27 @@ class MaskTask(TrainingTask):
         return {"mse": loss.detach()}
 
     def model_config(self) -> dict[str, Any]:
-        return self.model.config
+        return self.model.config.to_dict()
 
 
 def draw_known_slices(
-    batch_size: int, length: int, overlap: int, generator: torch.Generator
+    batch_size: int, length: int, overlap: int, rng: torch.Generator
 ) -> torch.Tensor:
     """One condition pattern of :data:`PATTERNS` per item, as ``(B, L)`` bool known flags.
 
     Every random number is drawn for every item whatever its pattern, so the number of
-    draws from ``generator`` (and hence the rest of the batch) never depends on them.
+    draws from ``rng`` (and hence the rest of the batch) never depends on them.
     At least one slice is always left unknown.
     """
     weights = torch.tensor(list(PATTERNS.values()))
-    pattern = torch.multinomial(weights, batch_size, replacement=True, generator=generator)
+    pattern = torch.multinomial(weights, batch_size, replacement=True, generator=rng)
     index = torch.arange(length)[None]
-    any_count = torch.randint(1, length, (batch_size,), generator=generator)
-    use_overlap = torch.rand(batch_size, generator=generator) < 0.5
+    any_count = torch.randint(1, length, (batch_size,), generator=rng)
+    use_overlap = torch.rand(batch_size, generator=rng) < 0.5
     count = torch.where(use_overlap & (overlap > 0), overlap, any_count)[:, None]
     end_count = count.clamp(max=(length - 1) // 2)
-    density = 0.5 * torch.rand(batch_size, 1, generator=generator)
-    scattered = torch.rand(batch_size, length, generator=generator) < density
+    density = 0.5 * torch.rand(batch_size, 1, generator=rng)
+    scattered = torch.rand(batch_size, length, generator=rng) < density
     scattered &= ~scattered.all(dim=1, keepdim=True)
     options = torch.stack(
         [

@@ -13,9 +13,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from medgen3d.models.refiner import RefinerConfig, build_refiner_network, label_map
 from medgen3d.recipe import DataSpec, StageRecipe
 from medgen3d.runtime import Runtime
+from medgen3d.stages.refiner import RefinerNetworkConfig, build_refiner_network, label_map
 from medgen3d.train.bank import CaseBank
 from medgen3d.train.loop import OptimisedNetwork, TrainingTask
 
@@ -29,7 +29,7 @@ class RefinerTask(TrainingTask):
     inference_networks = ("refiner",)
 
     def __init__(
-        self, data: DataSpec, config: RefinerConfig, stage: StageRecipe, runtime: Runtime
+        self, data: DataSpec, config: RefinerNetworkConfig, stage: StageRecipe, runtime: Runtime
     ) -> None:
         self.data = data
         self.config = config
@@ -40,16 +40,16 @@ class RefinerTask(TrainingTask):
         return self.config.to_dict()
 
     def make_batch(
-        self, bank: CaseBank, batch_size: int, generator: torch.Generator
+        self, bank: CaseBank, batch_size: int, rng: torch.Generator
     ) -> dict[str, torch.Tensor]:
-        slices = bank.sample_sequences(batch_size, 1, generator)
+        slices = bank.sample_sequences(batch_size, 1, rng)
         clean = slices["image"]
         return {
             "image": clean,
             "label": slices["label"][:, 0],
-            "noise": torch.randn(clean.shape, generator=generator),
-            "timesteps": self.config.diffusion.sample_timesteps(batch_size, generator),
-            "null": torch.rand(batch_size, generator=generator) < self.config.null_probability,
+            "noise": torch.randn(clean.shape, generator=rng),
+            "timesteps": self.config.diffusion.sample_timesteps(batch_size, rng),
+            "null": torch.rand(batch_size, generator=rng) < self.config.null_probability,
         }
 
     def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -71,4 +71,4 @@ def build_task(data: DataSpec, stage: StageRecipe, runtime: Runtime) -> RefinerT
     Raises:
         ValueError: naming the key, for an invalid ``refiner.model`` section.
     """
-    return RefinerTask(data, RefinerConfig.from_dict(stage.model), stage, runtime)
+    return RefinerTask(data, RefinerNetworkConfig.from_dict(stage.model), stage, runtime)

@@ -17,10 +17,11 @@ import torch
 from medgen3d.checkpoint import load_checkpoint
 from medgen3d.errors import InputError
 from medgen3d.model import stage_file
+from medgen3d.progress import ProgressGenerator
 from medgen3d.recipe import Recipe, load_recipe
 from medgen3d.runtime import Runtime, distributed_runtime
 from medgen3d.train.bank import CaseBank
-from medgen3d.train.loop import TrainingProgress, TrainingResult, fit
+from medgen3d.train.loop import TrainingResult, fit
 
 __all__ = ["STAGE_TASKS", "train_stage"]
 
@@ -44,10 +45,9 @@ def train_stage(
     overwrite: bool = False,
     max_steps: int | None = None,
     device: str = "auto",
-    progress: TrainingProgress | None = None,
     runtime: Runtime | None = None,
     init_from: str | Path | None = None,
-) -> TrainingResult:
+) -> ProgressGenerator[TrainingResult]:
     """Train ``stage`` of ``recipe`` on the pairs under ``data_dir``, saving to ``out``.
 
     Args:
@@ -59,12 +59,15 @@ def train_stage(
         overwrite: replace ``out`` when not resuming.
         max_steps: overrides the recipe's ``max_steps``.
         device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
-        progress: ``progress(step, total, losses)`` on rank 0.
         runtime: an existing runtime; by default one is opened here (joining the
             ``torchrun`` process group when launched by it).
         init_from: a model (bundled name or folder) or a stage file whose ``stage`` weights
             a fresh run starts from: fine-tuning a bundled model on one's own scans, or
             restarting a lost run from the weights last packed.
+
+    Yields:
+        ``Progress(stage, step, max_steps, metrics=losses)`` after every step
+        (:func:`medgen3d.train.loop.fit`).
     """
     if stage not in STAGE_TASKS:
         raise ValueError(f"unknown stage {stage!r}; expected one of {sorted(STAGE_TASKS)}")
@@ -76,15 +79,17 @@ def train_stage(
     start = None if init_from is None else load_checkpoint(stage_file(init_from, stage))
     if runtime is None:
         with distributed_runtime(device) as opened:
-            return _train(
-                stage, data_dir, recipe, settings, out, opened, resume, overwrite, progress, start
+            return (
+                yield from _train(
+                    stage, data_dir, recipe, settings, out, opened, resume, overwrite, start
+                )
             )
-    return _train(
-        stage, data_dir, recipe, settings, out, runtime, resume, overwrite, progress, start
+    return (
+        yield from _train(stage, data_dir, recipe, settings, out, runtime, resume, overwrite, start)
     )
 
 
-def _train(stage, data_dir, recipe, settings, out, runtime, resume, overwrite, progress, start):
+def _train(stage, data_dir, recipe, settings, out, runtime, resume, overwrite, start):
     if runtime.is_main:
         log.info(
             "[config] stage -> %s, device -> %s, processes -> %d",
@@ -131,16 +136,17 @@ def _train(stage, data_dir, recipe, settings, out, runtime, resume, overwrite, p
             recipe.data.preprocessing.window, recipe.data.labels.names
         ),
     }
-    return fit(
-        task,
-        bank,
-        recipe.data,
-        settings,
-        runtime,
-        out,
-        resume=resume,
-        overwrite=overwrite,
-        provenance=provenance,
-        progress=progress,
-        init_from=start,
+    return (
+        yield from fit(
+            task,
+            bank,
+            recipe.data,
+            settings,
+            runtime,
+            out,
+            resume=resume,
+            overwrite=overwrite,
+            provenance=provenance,
+            init_from=start,
+        )
     )

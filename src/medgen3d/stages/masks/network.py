@@ -26,9 +26,7 @@ The denoiser is MONAI's ``DiffusionModelUNet`` in one of two layouts (the ``"lay
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -38,18 +36,17 @@ from torch import nn
 
 from medgen3d.checkpoint import Checkpoint
 from medgen3d.diffusion import Diffusion
-from medgen3d.models._config import check_keys
 from medgen3d.recipe import DataSpec
+from medgen3d.stages.config import NetworkConfig, positive_int
 
 __all__ = [
-    "DEFAULT_CONFIG",
     "LAYOUTS",
     "NO_POSITION",
     "MaskDenoiser",
     "MaskDiffusionModel",
+    "MaskNetworkConfig",
     "PositionEmbedding",
     "PositionalDiffusionUNet",
-    "check_config",
     "labels_to_signal",
 ]
 
@@ -60,117 +57,107 @@ NO_POSITION = -1.0
 # embedding, so they use as many of its frequencies as a timestep does.
 _POSITION_SCALE = 1000.0
 
-DEFAULT_CONFIG: dict[str, Any] = {
-    "layout": "2d",
-    "channels": [32, 64],
-    "num_res_blocks": 1,
-    "attention_levels": [False, False],
-    "norm_num_groups": 8,
-    "num_head_channels": 8,
-    "position_dropout": 0.15,
-    "coordinates": True,
-    # Width of a 1x1 convolution that projects the 2 L C + L input channels before the UNet
-    # and of the 1x1 convolution that expands its output to L C; None feeds them to the
-    # UNet's 3x3 convolutions directly. With many labels those two 3x3 convolutions cost
-    # more than the rest of the network (benchmarks/README.md, "Where a mask step's time goes").
-    "stem_channels": None,
-    # Clean-sample prediction: a 2D network must otherwise carry L*C noise channels through
-    # its narrow first level (see benchmarks/README.md).
-    "diffusion": Diffusion(objective="x0").to_dict(),
-}
 
+@dataclass(frozen=True)
+class MaskNetworkConfig(NetworkConfig):
+    """The recipe's ``masks.model`` section: the denoiser's layout and widths.
 
-def check_config(config: Mapping[str, Any], data: DataSpec | None = None) -> dict[str, Any]:
-    """The network config with defaults filled in, after checking every key.
-
-    The resolved dict is what a checkpoint stores, so a checkpoint never depends on the
-    defaults of the version that reads it.
-
-    Args:
-        config: the recipe's ``masks.model`` section; missing keys take
-            :data:`DEFAULT_CONFIG`'s values.
-        data: when given, its sequence length and in-plane size are checked against the
-            network's downsampling.
-
-    Raises:
-        ValueError: naming the offending key.
+    Attributes:
+        layout: ``"2d"`` (slices as channels) or ``"3d"`` (convolutions over the sequence).
+        channels: U-Net channels per level.
+        num_res_blocks: residual blocks, one number or one per level.
+        attention_levels: self-attention per level (default: none).
+        norm_num_groups: group-norm groups; must leave at least 2 channels per group.
+        num_head_channels: channels per attention head, one number or one per level.
+        position_dropout: how often training drops the position condition.
+        coordinates: two CoordConv channels with each pixel's in-plane position.
+        stem_channels: width of a 1x1 convolution that projects the ``2 L C + L`` input
+            channels before the UNet, and of the 1x1 convolution that expands its output to
+            ``L C``; ``None`` feeds them to the UNet's 3x3 convolutions directly. With many
+            labels those two 3x3 convolutions cost more than the rest of the network
+            (benchmarks/README.md, "Where a mask step's time goes").
+        diffusion: objective and schedule. Clean-sample prediction by default: a 2D network
+            must otherwise carry ``L C`` noise channels through its narrow first level
+            (see benchmarks/README.md).
     """
-    check_keys(config, set(DEFAULT_CONFIG), "masks model")
-    resolved = {**copy.deepcopy(DEFAULT_CONFIG), **copy.deepcopy(dict(config))}
-    if resolved["layout"] not in LAYOUTS:
-        raise ValueError(f"layout must be one of {LAYOUTS}, got {resolved['layout']!r}")
-    channels = resolved["channels"] = [int(c) for c in _as_list(resolved, "channels")]
-    levels = resolved["attention_levels"] = [
-        bool(a) for a in _as_list(resolved, "attention_levels")
-    ]
-    groups = resolved["norm_num_groups"]
-    if not channels or any(c <= 0 for c in channels):
-        raise ValueError(f"channels must be positive integers, got {channels}")
-    if len(levels) != len(channels):
-        raise ValueError(
-            f"attention_levels has {len(levels)} entries, channels {len(channels)}; "
-            "give one per level"
-        )
-    if not isinstance(groups, int) or groups < 1 or any(c % groups for c in channels):
-        raise ValueError(f"norm_num_groups ({groups}) must divide every entry of channels")
-    if any(c // groups < 2 for c in channels):
-        # MONAI adds the time embedding per channel right before a GroupNorm: in a group of
-        # one channel that offset is normalised away and the network never sees t or p.
-        raise ValueError(
-            f"norm_num_groups ({groups}) must leave at least 2 channels per group in every "
-            f"level of channels {channels}"
-        )
-    _check_per_level(resolved, "num_res_blocks", len(channels))
-    _check_per_level(resolved, "num_head_channels", len(channels))
-    if not isinstance(resolved["coordinates"], bool):
-        raise ValueError(f"coordinates must be true or false, got {resolved['coordinates']!r}")
-    stem = resolved["stem_channels"]
-    if stem is not None and (not isinstance(stem, int) or isinstance(stem, bool) or stem < 1):
-        raise ValueError(f"stem_channels must be a positive integer or null, got {stem!r}")
-    if not 0.0 <= resolved["position_dropout"] <= 1.0:
-        raise ValueError(f"position_dropout must be in [0, 1], got {resolved['position_dropout']}")
-    try:
-        given = {**DEFAULT_CONFIG["diffusion"], **resolved["diffusion"]}
-        resolved["diffusion"] = Diffusion.from_dict(given).to_dict()
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"diffusion: {exc}") from exc
-    if data is not None:
-        _check_grid(resolved, data)
-    return resolved
 
+    SECTION = "masks model"
 
-def _as_list(config: Mapping[str, Any], key: str) -> list:
-    value = config[key]
-    if not isinstance(value, list | tuple):
-        raise ValueError(f"{key} must be a list, got {value!r}")
-    return list(value)
+    layout: str = "2d"
+    channels: tuple[int, ...] = (32, 64)
+    num_res_blocks: int | tuple[int, ...] = 1
+    attention_levels: tuple[bool, ...] | None = None
+    norm_num_groups: int = 8
+    num_head_channels: int | tuple[int, ...] = 8
+    position_dropout: float = 0.15
+    coordinates: bool = True
+    stem_channels: int | None = None
+    diffusion: Diffusion = field(default_factory=lambda: Diffusion(objective="x0"))
 
-
-def _check_per_level(config: dict[str, Any], key: str, levels: int) -> None:
-    value = config[key]
-    per_level = isinstance(value, list | tuple)
-    values = list(value) if per_level else [value]
-    if not all(isinstance(v, int) and v > 0 for v in values) or (
-        per_level and len(values) != levels
-    ):
-        raise ValueError(f"{key} must be a positive integer or one per level, got {value!r}")
-    if per_level:
-        config[key] = values
-
-
-def _check_grid(config: dict[str, Any], data: DataSpec) -> None:
-    """Every downsampling halves the grid, so its sides must divide by ``2 ** (levels - 1)``."""
-    factor = 2 ** (len(config["channels"]) - 1)
-    size = data.preprocessing.size
-    sides = {"data.size": size} if size is not None else {}
-    if config["layout"] == "3d":
-        sides["data.sequence_length"] = (data.sequence_length,)
-    for key, values in sides.items():
-        if any(v % factor for v in values):
+    def __post_init__(self) -> None:
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
+        channels = self.channels
+        if not isinstance(channels, tuple) or not channels:
+            raise ValueError(f"channels must be a list, got {channels!r}")
+        if not all(positive_int(c) for c in channels):
+            raise ValueError(f"channels must be positive integers, got {list(channels)}")
+        levels = self.attention_levels
+        if levels is None:
+            levels = (False,) * len(channels)
+        if not isinstance(levels, tuple):
+            raise ValueError(f"attention_levels must be a list, got {levels!r}")
+        object.__setattr__(self, "attention_levels", tuple(bool(a) for a in levels))
+        if len(levels) != len(channels):
             raise ValueError(
-                f"{key} {tuple(values)} must be divisible by {factor} for "
-                f"{len(config['channels'])} levels (channels)"
+                f"attention_levels has {len(levels)} entries, channels {len(channels)}; "
+                "give one per level"
             )
+        groups = self.norm_num_groups
+        if not positive_int(groups) or any(c % groups for c in channels):
+            raise ValueError(f"norm_num_groups ({groups}) must divide every entry of channels")
+        if any(c // groups < 2 for c in channels):
+            # MONAI adds the time embedding per channel right before a GroupNorm: in a group
+            # of one channel that offset is normalised away and the network never sees t or p.
+            raise ValueError(
+                f"norm_num_groups ({groups}) must leave at least 2 channels per group in "
+                f"every level of channels {list(channels)}"
+            )
+        for key in ("num_res_blocks", "num_head_channels"):
+            value = getattr(self, key)
+            values = value if isinstance(value, tuple) else (value,)
+            if not all(positive_int(v) for v in values) or (
+                isinstance(value, tuple) and len(values) != len(channels)
+            ):
+                raise ValueError(
+                    f"{key} must be a positive integer or one per level, got {value!r}"
+                )
+        if not isinstance(self.coordinates, bool):
+            raise ValueError(f"coordinates must be true or false, got {self.coordinates!r}")
+        stem = self.stem_channels
+        if stem is not None and not positive_int(stem):
+            raise ValueError(f"stem_channels must be a positive integer or null, got {stem!r}")
+        if not 0.0 <= self.position_dropout <= 1.0:
+            raise ValueError(f"position_dropout must be in [0, 1], got {self.position_dropout}")
+
+    def check_grid(self, data: DataSpec) -> None:
+        """Every downsampling halves the grid, so its sides must divide by
+        ``2 ** (levels - 1)``.
+
+        Raises:
+            ValueError: naming the data key whose size does not divide.
+        """
+        factor = 2 ** (len(self.channels) - 1)
+        size = data.preprocessing.size
+        sides = {"data.size": size} if size is not None else {}
+        if self.layout == "3d":
+            sides["data.sequence_length"] = (data.sequence_length,)
+        for key, values in sides.items():
+            if any(v % factor for v in values):
+                raise ValueError(
+                    f"{key} {tuple(values)} must be divisible by {factor} for "
+                    f"{len(self.channels)} levels (channels)"
+                )
 
 
 def labels_to_signal(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -237,21 +224,21 @@ class MaskDenoiser(nn.Module):
     Args:
         num_classes: ``C``, one-hot channels per slice.
         length: ``L``, slices per sequence.
-        config: a config resolved by :func:`check_config`.
+        config: the network's config.
     """
 
-    def __init__(self, num_classes: int, length: int, config: Mapping[str, Any]) -> None:
+    def __init__(self, num_classes: int, length: int, config: MaskNetworkConfig) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.length = length
-        self.layout = config["layout"]
-        self.coordinates = config["coordinates"]
+        self.layout = config.layout
+        self.coordinates = config.coordinates
         flat = self.layout == "2d"
         per_slice = length if flat else 1
         spatial_dims = 2 if flat else 3
         in_channels = per_slice * (2 * num_classes + 1) + (2 if self.coordinates else 0)
         out_channels = per_slice * num_classes
-        stem = config["stem_channels"]
+        stem = config.stem_channels
         conv = nn.Conv2d if flat else nn.Conv3d
         # Identity when there is no stem: the state dict (and old checkpoints) stay unchanged.
         self.stem = nn.Identity() if stem is None else conv(in_channels, stem, 1)
@@ -260,11 +247,11 @@ class MaskDenoiser(nn.Module):
             spatial_dims=spatial_dims,
             in_channels=in_channels if stem is None else stem,
             out_channels=out_channels if stem is None else stem,
-            channels=tuple(config["channels"]),
-            num_res_blocks=config["num_res_blocks"],
-            attention_levels=tuple(config["attention_levels"]),
-            norm_num_groups=config["norm_num_groups"],
-            num_head_channels=config["num_head_channels"],
+            channels=config.channels,
+            num_res_blocks=config.num_res_blocks,
+            attention_levels=config.attention_levels,
+            norm_num_groups=config.norm_num_groups,
+            num_head_channels=config.num_head_channels,
         )
 
     def forward(
@@ -320,34 +307,36 @@ class MaskDiffusionModel:
         length: ``L``, slices per sequence.
         overlap: ``k``, slices shared by neighbouring sequences.
         size: in-plane ``(H, W)`` it was trained on, ``None`` when the data had no fixed size.
-        config: the resolved network config.
+        config: the network config.
     """
 
     network: MaskDenoiser
-    diffusion: Diffusion
     num_classes: int
     length: int
     overlap: int
     size: tuple[int, int] | None
-    config: dict[str, Any]
+    config: MaskNetworkConfig
+
+    @property
+    def diffusion(self) -> Diffusion:
+        return self.config.diffusion
 
     @classmethod
-    def build(cls, data: DataSpec, config: Mapping[str, Any]) -> MaskDiffusionModel:
+    def build(cls, data: DataSpec, config: MaskNetworkConfig) -> MaskDiffusionModel:
         """A freshly initialised model for ``data``'s labels and sequence geometry.
 
         Raises:
-            ValueError: naming the config key that is wrong.
+            ValueError: when the grid does not divide by the network's downsampling.
         """
-        resolved = check_config(config, data)
-        network = MaskDenoiser(len(data.labels), data.sequence_length, resolved)
+        config.check_grid(data)
+        network = MaskDenoiser(len(data.labels), data.sequence_length, config)
         return cls(
             network,
-            Diffusion.from_dict(resolved["diffusion"]),
             len(data.labels),
             data.sequence_length,
             data.overlap,
             data.preprocessing.size,
-            resolved,
+            config,
         )
 
     @classmethod
@@ -359,7 +348,8 @@ class MaskDiffusionModel:
         A checkpoint stores its resolved config, so a key it lacks did not exist when it was
         written: such models were built without coordinate channels and without a stem.
         """
-        config = {"coordinates": False, "stem_channels": None, **checkpoint.config["model"]}
+        written = {"coordinates": False, "stem_channels": None, **checkpoint.config["model"]}
+        config = MaskNetworkConfig.from_dict(written)
         model = cls.build(DataSpec.from_dict(checkpoint.config["data"]), config)
         model.network.load_state_dict(checkpoint.weights["network"])
         model.network.to(device).eval()

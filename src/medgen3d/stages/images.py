@@ -1,4 +1,4 @@
-"""Stage 2: the image sequence generator, masks (and the slices before them) to images.
+"""Stage 2, the image sequence generator: masks (and the slices before them) to images.
 
 One forward pass turns a mask sequence of ``L`` slices into the image sequence that goes
 with it. Three things condition it:
@@ -9,7 +9,7 @@ with it. Three things condition it:
 * the **context**: the first ``k`` slices of the sequence are the last ``k`` slices of the
   sequence generated before it (sequences overlap by ``k``, see :mod:`medgen3d.sequences`).
   They come in as ``k`` image channels plus one "first sequence" flag channel; when the
-  flag is set the context is zeros. The pipeline pastes the context back over the first
+  flag is set the context is zeros. :func:`generate_images` pastes the context back over the first
   ``k`` output slices, so consecutive sequences meet without a seam;
 * the **relative position** ``p`` of the sequence in its volume, as a constant channel.
 
@@ -26,10 +26,9 @@ slice of its sequence (and the context) from the first layer on. The price is a 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.networks.blocks import Convolution
@@ -37,21 +36,25 @@ from monai.networks.nets.spade_network import SPADENetResBlock
 from torch import nn
 
 from medgen3d.checkpoint import Checkpoint
-from medgen3d.models._config import check_keys
+from medgen3d.errors import InputError
+from medgen3d.progress import Progress, ProgressGenerator
 from medgen3d.recipe import DataSpec
+from medgen3d.sequences import relative_position, sequence_starts
+from medgen3d.stages.config import NetworkConfig, positive_int
 
 __all__ = [
-    "GeneratorConfig",
     "ImageGenerator",
+    "ImageNetworkConfig",
     "ImageSequenceGenerator",
     "build_image_generator",
+    "generate_images",
     "one_hot_sequence",
 ]
 
 
 @dataclass(frozen=True)
-class GeneratorConfig:
-    """Hyper-parameters of :class:`ImageSequenceGenerator` (the recipe's ``generator``).
+class ImageNetworkConfig(NetworkConfig):
+    """Hyper-parameters of :class:`ImageSequenceGenerator` (``images.model.generator``).
 
     Attributes:
         channels: feature channels per resolution level; the input is halved between
@@ -64,48 +67,23 @@ class GeneratorConfig:
             keeps the cost of the SPADE convolutions independent of ``L * C``.
     """
 
+    SECTION = "generator"
+
     channels: tuple[int, ...] = (32, 64, 64)
     noise_channels: int = 4
     spade_channels: int = 32
     label_channels: int = 32
 
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> GeneratorConfig:
-        """Parse and check a config dict.
-
-        Raises:
-            ValueError: naming the key, for unknown keys or invalid values.
-        """
-        check_keys(
-            d, {"channels", "noise_channels", "spade_channels", "label_channels"}, "generator"
-        )
-        defaults = cls()
-        channels = d.get("channels", defaults.channels)
-        if (
-            not isinstance(channels, Sequence)
-            or not channels
-            or not all(isinstance(c, int) and c > 0 for c in channels)
-        ):
+    def __post_init__(self) -> None:
+        channels = self.channels
+        if not isinstance(channels, tuple) or not channels:
+            raise ValueError(f"generator 'channels' must be a list, got {channels!r}")
+        if not all(positive_int(c) for c in channels):
             raise ValueError(f"generator 'channels' must be positive integers, got {channels!r}")
-        config = cls(
-            tuple(channels),
-            d.get("noise_channels", defaults.noise_channels),
-            d.get("spade_channels", defaults.spade_channels),
-            d.get("label_channels", defaults.label_channels),
-        )
         for key, low in (("noise_channels", 0), ("spade_channels", 1), ("label_channels", 1)):
-            value = getattr(config, key)
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            value = getattr(self, key)
+            if not positive_int(value, low):
                 raise ValueError(f"generator {key!r} must be an integer >= {low}, got {value!r}")
-        return config
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "channels": list(self.channels),
-            "noise_channels": self.noise_channels,
-            "spade_channels": self.spade_channels,
-            "label_channels": self.label_channels,
-        }
 
 
 def one_hot_sequence(label: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -126,7 +104,11 @@ class ImageSequenceGenerator(nn.Module):
     """
 
     def __init__(
-        self, num_classes: int, sequence_length: int, context_slices: int, config: GeneratorConfig
+        self,
+        num_classes: int,
+        sequence_length: int,
+        context_slices: int,
+        config: ImageNetworkConfig,
     ) -> None:
         super().__init__()
         if num_classes < 2:
@@ -216,15 +198,9 @@ class ImageSequenceGenerator(nn.Module):
         return torch.tanh(self.conv_out(F.leaky_relu(x, 0.2)))
 
 
-def build_image_generator(config: Mapping[str, Any], data: DataSpec) -> ImageSequenceGenerator:
-    """The generator for ``data``'s labels and sequence geometry from a config dict.
-
-    Raises:
-        ValueError: naming the key, for an invalid config.
-    """
-    return ImageSequenceGenerator(
-        len(data.labels), data.sequence_length, data.overlap, GeneratorConfig.from_dict(config)
-    )
+def build_image_generator(config: ImageNetworkConfig, data: DataSpec) -> ImageSequenceGenerator:
+    """The generator network for ``data``'s labels and sequence geometry."""
+    return ImageSequenceGenerator(len(data.labels), data.sequence_length, data.overlap, config)
 
 
 class ImageGenerator:
@@ -249,7 +225,8 @@ class ImageGenerator:
     ) -> ImageGenerator:
         """Rebuild from an ``"images"`` checkpoint (its inference weights)."""
         data = DataSpec.from_dict(checkpoint.config["data"])
-        network = build_image_generator(checkpoint.config["model"]["generator"], data)
+        config = ImageNetworkConfig.from_dict(checkpoint.config["model"]["generator"])
+        network = build_image_generator(config, data)
         network.load_state_dict(checkpoint.weights["generator"])
         return cls(network, data, device)
 
@@ -288,3 +265,58 @@ class ImageGenerator:
         if has_context:
             out[:k] = ctx.to(out)
         return out.cpu()
+
+
+def generate_images(
+    image_generator: ImageGenerator,
+    labels: np.ndarray,
+    *,
+    seed: int = 0,
+    previous: np.ndarray | None = None,
+    region: np.ndarray | None = None,
+) -> ProgressGenerator[np.ndarray]:
+    """Stage 2 over a label volume, or over part of it, sequence by sequence from the first
+    (most inferior) slice up; each sequence starts with the last ``k`` slices generated
+    before it, so sequences join without a seam.
+
+    Args:
+        image_generator: the trained image sequence generator.
+        labels: ``(Z, H, W)`` channel indices, ``Z`` at least the sequence length.
+        seed: seeds the noise maps of all sequences.
+        previous: ``(Z, H, W)`` image in [-1, 1] to update, with ``region``.
+        region: ``(Z,)`` bool, the slices to (re)generate; only sequences touching it run,
+            each still starting from the ``k`` slices before it, and slices outside it keep
+            ``previous``. ``None`` generates every slice.
+
+    Yields:
+        :class:`Progress` ``("images", i, n_sequences, preview)`` after every sequence.
+
+    Returns:
+        ``(Z, H, W)`` float32 image in [-1, 1].
+
+    Raises:
+        InputError: when the volume is shorter than one sequence, or ``region`` comes
+            without ``previous``.
+    """
+    depth = labels.shape[0]
+    length, overlap = image_generator.data.sequence_length, image_generator.data.overlap
+    if depth < length:
+        raise InputError(f"a volume of {depth} slices is shorter than one sequence ({length})")
+    if region is not None and previous is None:
+        raise InputError("regenerating a region needs the previous image")
+    out = np.full(labels.shape, -1.0, np.float32) if previous is None else previous.copy()
+    write = np.ones(depth, bool) if region is None else np.asarray(region, bool)
+    starts = [s for s in sequence_starts(depth, length, overlap) if write[s : s + length].any()]
+    rng = torch.Generator().manual_seed(seed)
+    for i, start in enumerate(starts):
+        context = None if start == 0 else torch.from_numpy(out[start : start + overlap])
+        sequence = image_generator.generate_sequence(
+            torch.from_numpy(labels[start : start + length].astype(np.int64)),
+            context,
+            relative_position(start, depth, length),
+            rng,
+        ).numpy()
+        inside = write[start : start + length]
+        out[start : start + length][inside] = sequence[inside]
+        yield Progress("images", i + 1, len(starts), out.copy())
+    return out

@@ -25,9 +25,9 @@ import torch
 
 from medgen3d.diffusion import SamplingSchedule
 from medgen3d.errors import InputError
-from medgen3d.models.mask_diffusion import MaskDiffusionModel, labels_to_signal
 from medgen3d.progress import Progress, ProgressGenerator
 from medgen3d.sequences import relative_position, sequence_starts
+from medgen3d.stages.masks.network import MaskDiffusionModel, labels_to_signal
 
 __all__ = ["generation_order", "sample_mask_volume"]
 
@@ -50,8 +50,8 @@ def sample_mask_volume(
     Args:
         model: a trained MC-DPM; sampling runs on its device.
         depth: ``Z``, at least the model's sequence length ``L``.
-        seed: seeds the one ``torch.Generator`` every random draw comes from, so the same
-            seed gives the same volume on the same device.
+        seed: seeds the one random stream (a CPU ``torch.Generator``) every draw comes
+            from, so the same seed gives the same volume on the same device.
         sampler: ``"ddpm"`` or ``"ddim"`` for a DDPM-trained model, ``"rflow"`` for a
             rectified-flow one.
         steps: denoising steps per sequence (ancestral DDPM always takes ``T``).
@@ -82,7 +82,7 @@ def sample_mask_volume(
     if start_position is not None and not 0.0 <= start_position <= 1.0:
         raise InputError(f"start_position must be in [0, 1], got {start_position}")
     schedule = model.diffusion.sampler(sampler, steps, device=model.device)
-    generator = torch.Generator().manual_seed(_check_seed(seed))
+    rng = torch.Generator().manual_seed(_check_seed(seed))
     output = np.zeros((depth, height, width), dtype=np.uint8)
     if known_labels is not None:
         output[filled] = known_labels[filled]
@@ -90,7 +90,7 @@ def sample_mask_volume(
     per_sequence = len(schedule.timesteps)
     for n, start in enumerate(starts):
         window = slice(start, start + model.length)
-        sequence = _sample_sequence(model, schedule, output, filled, start, generator)
+        sequence = _sample_sequence(model, schedule, output, filled, start, rng)
         for i, estimate in enumerate(sequence, start=1):
             done = n * per_sequence + i
             preview = None
@@ -136,7 +136,7 @@ def _sample_sequence(
     output: np.ndarray,
     filled: np.ndarray,
     start: int,
-    generator: torch.Generator,
+    rng: torch.Generator,
 ) -> Iterator[np.ndarray]:
     """Denoise the sequence at ``start``; its slices already ``filled`` are known.
 
@@ -149,7 +149,7 @@ def _sample_sequence(
     known = torch.from_numpy(known_np).to(device)
     values = labels_to_signal(torch.from_numpy(output[window])[None], model.num_classes).to(device)
     position = torch.tensor([relative_position(start, output.shape[0], length)], device=device)
-    step_generator = _device_generator(generator, device)
+    step_rng = _device_rng(rng, device)
 
     def predict(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -158,13 +158,13 @@ def _sample_sequence(
     def pin(sample: torch.Tensor, timestep: int) -> None:
         if not known_np.any():
             return
-        noise = torch.randn(values.shape, generator=generator).to(device)
+        noise = torch.randn(values.shape, generator=rng).to(device)
         noised = model.diffusion.noise_to(values, noise, schedule, timestep)
         sample[:, :, known] = noised[:, :, known]
 
-    sample = torch.randn(values.shape, generator=generator).to(device)
+    sample = torch.randn(values.shape, generator=rng).to(device)
     pin(sample, schedule.timesteps[0])
-    steps = model.diffusion.denoise(predict, sample, schedule, step_generator)
+    steps = model.diffusion.denoise(predict, sample, schedule, step_rng)
     for step in steps:
         if step.index < step.total:
             pin(step.sample, schedule.timesteps[step.index])
@@ -175,15 +175,15 @@ def _sample_sequence(
             yield labels
 
 
-def _device_generator(generator: torch.Generator, device: torch.device) -> torch.Generator:
-    """The generator for noise drawn on ``device`` by the scheduler (DDPM steps).
+def _device_rng(rng: torch.Generator, device: torch.device) -> torch.Generator:
+    """The random stream for noise drawn on ``device`` by the scheduler (DDPM steps).
 
-    On the CPU that is ``generator`` itself; elsewhere a device generator seeded from it,
-    so the whole sample still follows from one seed.
+    On the CPU that is ``rng`` itself; elsewhere a device generator seeded from it, so the
+    whole sample still follows from one seed.
     """
     if device.type == "cpu":
-        return generator
-    seed = int(torch.randint(2**62, (1,), generator=generator))
+        return rng
+    seed = int(torch.randint(2**62, (1,), generator=rng))
     return torch.Generator(device).manual_seed(seed)
 
 

@@ -1,4 +1,5 @@
-"""The stages composed: image from a user's mask in the user's geometry, and whole pairs."""
+"""Stages 2 and 3 composed: an image for a user's mask in the user's geometry, through
+:func:`medgen3d.generate.generate_image` as ``generate --masks`` and the widget call it."""
 
 from __future__ import annotations
 
@@ -7,47 +8,30 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 from scipy import ndimage
 
 from _geometry import oblique_affine
-from _stage_data import LENGTH, OVERLAP, TINY_GENERATOR, TINY_REFINER
+from _stage_data import LENGTH, tiny_model
+from _stage_data import TINY_DATA as DATA  # a model grid unlike the user's file
 from medgen3d.errors import InputError
+from medgen3d.generate import generate_image, image_for_channels
 from medgen3d.io import load_volume, save_volume
-from medgen3d.labels import bundled_table
-from medgen3d.models.image_generator import ImageGenerator, build_image_generator
-from medgen3d.models.refiner import RefinerConfig, SemanticRefiner, build_refiner_network
-from medgen3d.pipeline import (
-    RefineSettings,
-    generate_images,
-    image_from_labels,
-    image_from_mask,
-)
-from medgen3d.preprocessing import IntensityWindow, Preprocessing
+from medgen3d.model import GenerativeModel
 from medgen3d.progress import Progress, drain
-from medgen3d.recipe import DataSpec
+from medgen3d.settings import GenerationSettings, RefineSettings
+from medgen3d.stages.images import ImageGenerator, generate_images
 
-# A model grid unlike the user's file: 3 mm slices, 2 mm pixels, 16x16 in-plane.
-DATA = DataSpec(
-    bundled_table("thorax_phantom"),
-    Preprocessing((3.0, 2.0, 2.0), (16, 16), IntensityWindow("ct", -1000.0, 1000.0)),
-    LENGTH,
-    OVERLAP,
-)
-REFINE = RefineSettings(strength=0.5, steps=2, batch_size=8)
+REFINED = GenerationSettings(seed=1, refiner=RefineSettings(strength=0.5, steps=2, batch_size=8))
 
 
 @pytest.fixture(scope="module")
-def generator() -> ImageGenerator:
-    torch.manual_seed(0)
-    return ImageGenerator(build_image_generator(TINY_GENERATOR, DATA), DATA)
+def model() -> GenerativeModel:
+    return tiny_model(DATA)
 
 
 @pytest.fixture(scope="module")
-def refiner() -> SemanticRefiner:
-    torch.manual_seed(0)
-    config = RefinerConfig.from_dict(TINY_REFINER)
-    return SemanticRefiner(build_refiner_network(config, len(DATA.labels)), config, DATA)
+def generator(model: GenerativeModel) -> ImageGenerator:
+    return model.stage("images")
 
 
 def _oblique_lps_affine() -> np.ndarray:
@@ -73,12 +57,14 @@ def _user_mask(folder: Path, extra_value: int | None = None) -> Path:
 
 
 def test_image_from_a_user_mask_keeps_the_users_grid_exactly(
-    tmp_path: Path, generator: ImageGenerator, refiner: SemanticRefiner
+    tmp_path: Path, model: GenerativeModel
 ) -> None:
     path = _user_mask(tmp_path)
     assert nib.aff2axcodes(nib.load(path).affine) == ("L", "P", "S")
     label = load_volume(path, "label")
-    image = drain(image_from_mask(label, generator, refiner, seed=1, refine=REFINE))
+    reports: list[Progress] = []
+    image = drain(generate_image(model, label, REFINED, path), reports.append)
+    assert {r.stage for r in reports} == {"images", "refiner"}
     assert image.shape == label.shape
     np.testing.assert_array_equal(image.affine, label.affine)
     assert image.source_axcodes == ("L", "P", "S")
@@ -97,7 +83,7 @@ def test_image_from_a_user_mask_keeps_the_users_grid_exactly(
 
 
 def test_image_lands_on_its_labels_in_the_users_grid(
-    tmp_path: Path, generator: ImageGenerator, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, model: GenerativeModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With a generator that paints channel c at HU -1000 + 250 c, each label's voxels in
     the user's grid must get their own intensity: any flip, transpose or shift of the
@@ -108,7 +94,7 @@ def test_image_lands_on_its_labels_in_the_users_grid(
 
     monkeypatch.setattr(ImageGenerator, "generate_sequence", paint)
     path = _user_mask(tmp_path)
-    image = drain(_image_from_mask_file(path, generator))
+    image = drain(_image_from_mask_file(path, model))
     channels = DATA.labels.to_channels(load_volume(path, "label").data)
     in_plane = np.ones((1, 3, 3), dtype=bool)  # interior voxels: no interpolation across edges
     for channel in np.unique(channels).tolist():
@@ -118,21 +104,21 @@ def test_image_lands_on_its_labels_in_the_users_grid(
 
 
 def test_label_value_outside_the_table_names_the_file(
-    tmp_path: Path, generator: ImageGenerator
+    tmp_path: Path, model: GenerativeModel
 ) -> None:
     path = _user_mask(tmp_path, extra_value=42)
     with pytest.raises(InputError, match=r"user_mask\.nii\.gz.*42"):
-        drain(_image_from_mask_file(path, generator))
+        drain(_image_from_mask_file(path, model))
 
 
 def test_a_volume_shorter_than_a_sequence_is_refused(
-    tmp_path: Path, generator: ImageGenerator
+    tmp_path: Path, model: GenerativeModel
 ) -> None:
     label = np.zeros((16, 16, 3), dtype=np.uint8)
     path = tmp_path / "thin.nii.gz"
     nib.save(nib.Nifti1Image(label, np.diag([2.0, 2.0, 3.0, 1.0])), path)
     with pytest.raises(InputError, match=r"thin\.nii\.gz.*fewer than one sequence"):
-        drain(_image_from_mask_file(path, generator))
+        drain(_image_from_mask_file(path, model))
 
 
 def test_sequences_continue_their_neighbours_and_the_seed_decides(
@@ -150,15 +136,14 @@ def test_sequences_continue_their_neighbours_and_the_seed_decides(
     assert not np.array_equal(image, drain(generate_images(generator, labels, seed=5)))
 
 
-def test_strength_zero_skips_the_refiner(
-    generator: ImageGenerator, refiner: SemanticRefiner
-) -> None:
+def test_strength_zero_skips_the_refiner(model: GenerativeModel) -> None:
     labels = np.zeros((LENGTH, 16, 16), dtype=np.uint8)
     reports: list[Progress] = []
-    skip = RefineSettings(strength=0.0)
-    refined = drain(image_from_labels(generator, refiner, labels, refine=skip), reports.append)
+    skip = GenerationSettings(refiner=RefineSettings(strength=0.0))
+    refined = drain(image_for_channels(model, labels, skip), reports.append)
     assert {r.stage for r in reports} == {"images"}
-    plain = drain(image_from_labels(generator, None, labels))
+    without = GenerativeModel(DATA, {"images": model.stage("images")}, {}, "tiny", "0" * 64)
+    plain = drain(image_for_channels(without, labels, GenerationSettings()))
     np.testing.assert_array_equal(refined, plain)
 
 
@@ -178,6 +163,7 @@ def test_regenerating_a_region_keeps_every_other_slice(generator: ImageGenerator
     assert [r.total for r in reports] == [1]
 
 
-def _image_from_mask_file(path: Path, generator: ImageGenerator):
+def _image_from_mask_file(path: Path, model: GenerativeModel):
     """What ``generate --masks`` does with one file: load it, and name it in errors."""
-    return image_from_mask(load_volume(path, "label"), generator, source=path)
+    plain = GenerationSettings(refiner=RefineSettings(strength=0.0))
+    return generate_image(model, load_volume(path, "label"), plain, source=path)
