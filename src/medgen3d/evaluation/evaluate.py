@@ -165,46 +165,27 @@ def evaluate(
             a segmenter whose label count differs from the model's.
     """
     settings = settings or EvaluationSettings()
-    names = data.labels.names
-    num_classes = len(names)
+    if settings.from_masks and model is None:  # before any work
+        raise InputError("images from real masks need the model (--model)")
+    names, num_classes = data.labels.names, len(data.labels)
     real = CaseBank.from_folder(real_dir, data)
     synthetic = CaseBank.from_folder(synthetic_dir, dataclasses.replace(data, label_mapping=None))
     train_ids, held_ids, reference = _split(real, settings, real_dir)
     segmenter_source = "given" if segmenter is not None else "trained on the real set"
     if segmenter is None:
         segmenter = yield from _train(real, train_ids, num_classes, settings, device, "alignment")
-    elif segmenter.num_classes != num_classes:
-        raise InputError(
-            f"the segmenter predicts {segmenter.num_classes} labels, the model has {num_classes}"
-        )
-
-    alignment = {
-        "real_held_out": _mean_dice(segmenter, real, held_ids, num_classes),
-        "synthetic": _mean_dice(segmenter, synthetic, range(len(synthetic)), num_classes),
-    }
-    if segmenter.real_dice is None:  # trained here: record what it can segment, for check
-        segmenter.real_dice = tuple(_plain(alignment["real_held_out"]["per_label"]))
+    alignment = _alignment(segmenter, real, held_ids, synthetic)
     yield Progress("alignment", 1, 1)
-
     from_masks = None
     if settings.from_masks:
-        if model is None:
-            raise InputError("images from real masks need the model (--model)")
         chosen = held_ids[: settings.from_masks]
         from_masks = yield from images_from_real_masks(
             model, real, chosen, segmenter, settings.seed
         )
 
-    fidelity = _fidelity(segmenter, reference, synthetic, settings.seed)
-    yield Progress("fidelity", 1, 1)
-    diversity = {
-        "ms_ssim_synthetic": _diversity(synthetic.images),
-        "ms_ssim_real": _diversity(reference.images),
-    }
-    yield Progress("diversity", 1, 1)
+    fidelity, diversity = yield from _set_statistics(segmenter, reference, synthetic, settings)
     anatomy, flagged = _anatomy(reference, synthetic, data)
     yield Progress("anatomy", 1, 1)
-
     downstream = None
     if settings.downstream:
         downstream = yield from _downstream(
@@ -232,6 +213,39 @@ def evaluate(
     }
     volumes = {k: np.stack([a.volume_ml for a in v]) for k, v in anatomy.items()}
     return Evaluation(_plain(metrics), data, reference, synthetic, segmenter, volumes)
+
+
+def _set_statistics(
+    segmenter: Segmenter, reference: CaseBank, synthetic: CaseBank, settings: EvaluationSettings
+) -> ProgressGenerator[tuple[dict[str, Any], dict[str, Any]]]:
+    """Fidelity (FID of the segmenter's features) and diversity (MS-SSIM within each set)."""
+    fidelity = _fidelity(segmenter, reference, synthetic, settings.seed)
+    yield Progress("fidelity", 1, 1)
+    diversity = {
+        "ms_ssim_synthetic": _diversity(synthetic.images),
+        "ms_ssim_real": _diversity(reference.images),
+    }
+    yield Progress("diversity", 1, 1)
+    return fidelity, diversity
+
+
+def _alignment(
+    segmenter: Segmenter, real: CaseBank, held_ids: list[int], synthetic: CaseBank
+) -> dict[str, Any]:
+    """The segmenter's Dice on the held-out real cases and on the synthetic set; a segmenter
+    trained here also keeps what it can segment on real cases (for ``check``)."""
+    num_classes = real.num_classes
+    if segmenter.num_classes != num_classes:
+        raise InputError(
+            f"the segmenter predicts {segmenter.num_classes} labels, the model has {num_classes}"
+        )
+    alignment = {
+        "real_held_out": _mean_dice(segmenter, real, held_ids, num_classes),
+        "synthetic": _mean_dice(segmenter, synthetic, range(len(synthetic)), num_classes),
+    }
+    if segmenter.real_dice is None:
+        segmenter.real_dice = tuple(_plain(alignment["real_held_out"]["per_label"]))
+    return alignment
 
 
 def _split(
