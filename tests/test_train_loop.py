@@ -152,6 +152,18 @@ def test_resume_refuses_another_network(bank: CaseBank, tmp_path: Path) -> None:
         drain(fit(other, bank, SPEC, short, CPU, tmp_path / "c.pt", resume=True))
 
 
+def test_resume_accepts_keys_newer_than_the_checkpoint(bank: CaseBank, tmp_path: Path) -> None:
+    """A training option added after a run started (absent from its checkpoint) does not
+    stop it from resuming; a stored key that changed does."""
+    short = dataclasses.replace(SETTINGS, max_steps=2)
+    drain(fit(LabelsToIntensity(short), bank, SPEC, short, CPU, tmp_path / "c.pt"))
+    longer = dataclasses.replace(SETTINGS, max_steps=4)
+    newer = LabelsToIntensity(longer)
+    newer.model_config = lambda: {"kind": "1x1 conv", "label_weighting": 0.5}
+    resumed = drain(fit(newer, bank, SPEC, longer, CPU, tmp_path / "c.pt", resume=True))
+    assert (resumed.start_step, resumed.end_step) == (2, 4)
+
+
 def test_batch_must_divide_over_processes(bank: CaseBank, tmp_path: Path) -> None:
     three = Runtime(torch.device("cpu"), rank=0, world_size=3)
     with pytest.raises(InputError, match="does not divide over 3 processes"):

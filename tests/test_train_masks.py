@@ -30,7 +30,13 @@ from medgen3d.runtime import Runtime
 from medgen3d.stages.masks import MaskDiffusionModel, MaskNetworkConfig, sample_mask_volume
 from medgen3d.train.bank import CaseBank
 from medgen3d.train.loop import fit, step_rng
-from medgen3d.train.masks import PATTERNS, build_task, draw_known_slices
+from medgen3d.train.masks import (
+    PATTERNS,
+    build_task,
+    draw_known_slices,
+    label_weights,
+    masked_mse,
+)
 from medgen3d.train.run import train_stage
 
 CPU = Runtime(torch.device("cpu"))
@@ -154,6 +160,23 @@ def test_batches_are_seeded_and_hold_every_condition(bank: CaseBank) -> None:
     known = first["known"]
     assert not known.all(dim=1).any()  # something is always left to generate
     assert (~known).all(dim=1).any() and known[:, 0].any() and known[:, -1].any()
+
+
+def test_label_weighting_lets_rare_labels_count() -> None:
+    counts = np.array([9000, 990, 10, 0])
+    flat = label_weights(counts, 0.0)
+    torch.testing.assert_close(flat, torch.ones(4))
+    weights = label_weights(counts, 0.5)
+    assert float((torch.from_numpy(counts / counts.sum()).float() * weights).sum()) == (
+        pytest.approx(1.0)
+    )
+    assert weights[2] / weights[0] == pytest.approx(30.0)  # (9000 / 10) ** 0.5
+    assert weights[3] == weights[2]  # unseen labels weigh as the rarest seen
+    prediction, target = torch.zeros(1, 2, 2, 1, 2), torch.ones(1, 2, 2, 1, 2)
+    slices = torch.tensor([[True, False]])
+    voxels = torch.tensor([[[[3.0, 1.0]], [[5.0, 5.0]]]])
+    assert float(masked_mse(prediction, target, slices)) == pytest.approx(1.0)
+    assert float(masked_mse(prediction, target, slices, voxels)) == pytest.approx(2.0)
 
 
 def test_known_slice_patterns() -> None:

@@ -1,7 +1,7 @@
 """The MedGen3D dock widget: gathers settings, runs engine generators, shows results.
 
 The widget only translates. Each button reads the controls into a
-:class:`medgen3d.generate.GenerationSettings`, picks the layers it works on, and runs one
+:class:`medgen3d.settings.GenerationSettings`, picks the layers it works on, and runs one
 engine generator in a napari worker thread: yielded :class:`medgen3d.progress.Progress`
 reports drive a progress bar and a live preview layer, ``Cancel`` calls ``worker.quit()``
 (honoured between steps), the returned volumes become layers, and an error becomes a
@@ -43,7 +43,9 @@ from medgen3d.settings import (
     Device,
     GenerationSettings,
     MaskSampler,
+    MaskSettings,
     RefineSampler,
+    RefineSettings,
     choices,
 )
 from napari_medgen3d._layers import (
@@ -147,20 +149,20 @@ class MedGen3DWidget(Container):
         self._depth = SpinBox(value=self._depth_default, min=1, max=4096, label="Depth (slices)")
         self._samples = SpinBox(value=1, min=1, max=64, label="Samples")
         self._sampler = ComboBox(
-            choices=choices(MaskSampler), value=DEFAULTS.sampler, label="Sampler"
+            choices=choices(MaskSampler), value=DEFAULTS.masks.sampler, label="Sampler"
         )
-        self._steps = SpinBox(value=DEFAULTS.steps, min=1, max=1000, label="Steps")
+        self._steps = SpinBox(value=DEFAULTS.masks.steps, min=1, max=1000, label="Steps")
         self._strength = FloatSlider(
-            value=DEFAULTS.refine_strength, min=0.0, max=1.0, step=0.05, label="Refine strength"
+            value=DEFAULTS.refiner.strength, min=0.0, max=1.0, step=0.05, label="Refine strength"
         )
         self._refine_steps = SpinBox(
-            value=DEFAULTS.refine_steps, min=1, max=1000, label="Refine steps"
+            value=DEFAULTS.refiner.steps, min=1, max=1000, label="Refine steps"
         )
         self._refine_sampler = ComboBox(
-            choices=choices(RefineSampler), value=DEFAULTS.refine_sampler, label="Refine sampler"
+            choices=choices(RefineSampler), value=DEFAULTS.refiner.sampler, label="Refine sampler"
         )
         self._guidance = FloatSpinBox(
-            value=DEFAULTS.guidance, min=0.0, max=20.0, step=0.5, label="Guidance"
+            value=DEFAULTS.refiner.guidance, min=0.0, max=20.0, step=0.5, label="Guidance"
         )
         self._labels_layer = ComboBox(choices=self._layer_choices(Labels), label="Labels layer")
         self._label_map = ComboBox(
@@ -280,9 +282,9 @@ class MedGen3DWidget(Container):
                 show_warning(f"MedGen3D: {warning}")
 
             def work(model: GenerativeModel, settings: GenerationSettings) -> Generator:
-                from medgen3d.generate import image_from_masks
+                from medgen3d.generate import generate_image
 
-                image = yield from image_from_masks(model, conformed, settings, source=layer.name)
+                image = yield from generate_image(model, conformed, settings, source=layer.name)
                 return {"image": (image, f"{layer.name} image")}
 
             self._start(work)
@@ -578,12 +580,13 @@ class MedGen3DWidget(Container):
         return GenerationSettings(
             seed=int(self._seed.value),
             depth=int(self._depth.value),
-            sampler=str(self._sampler.value),
-            steps=int(self._steps.value),
-            refine_strength=float(self._strength.value),
-            refine_steps=int(self._refine_steps.value),
-            refine_sampler=str(self._refine_sampler.value),
-            guidance=float(self._guidance.value),
+            masks=MaskSettings(sampler=str(self._sampler.value), steps=int(self._steps.value)),
+            refiner=RefineSettings(
+                strength=float(self._strength.value),
+                steps=int(self._refine_steps.value),
+                sampler=str(self._refine_sampler.value),
+                guidance=float(self._guidance.value),
+            ),
         )
 
     def _add_volume(self, volume: Volume, kind: str, name: str, settings: Any) -> None:

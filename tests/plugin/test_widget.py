@@ -208,19 +208,15 @@ def test_controls_are_read_on_the_gui_thread(widget, qtbot) -> None:
 
 
 def test_cli_and_widget_take_their_defaults_from_the_settings(make_napari_viewer) -> None:
-    import dataclasses
-
-    from medgen3d.cli import build_parser
+    from medgen3d.cli import _generation_settings, build_parser
     from medgen3d.settings import DEFAULTS
     from napari_medgen3d._widget import MedGen3DWidget
 
     cli = build_parser().parse_args(["generate", "--out", "x"])
     widget = MedGen3DWidget(make_napari_viewer())._settings()
     assert widget == DEFAULTS
-    for field in dataclasses.fields(DEFAULTS):
-        if field.name != "depth":  # the command line leaves the depth to the model
-            assert getattr(cli, field.name) == getattr(DEFAULTS, field.name), field.name
-    assert cli.depth is None
+    assert _generation_settings(cli) == DEFAULTS  # every stage's options, nested
+    assert cli.depth is None  # the command line leaves the depth to the model
 
 
 def test_image_from_masks_with_a_label_map_and_a_size_warning(

@@ -338,7 +338,24 @@ def _restore(task: TrainingTask, path: Path) -> int:
     checkpoint = load_checkpoint(path, stage=task.stage)
     if checkpoint.training is None:
         raise InputError("holds inference weights only; it cannot be resumed", path)
-    if checkpoint.config.get("model") != task.model_config():
+    if not _agrees(checkpoint.config.get("model") or {}, task.model_config()):
         raise InputError("was trained with a different network configuration; cannot resume", path)
     task.load_state_dict(checkpoint.training["state"])
     return int(checkpoint.training["step"])
+
+
+def _agrees(stored: dict[str, Any], current: dict[str, Any]) -> bool:
+    """Whether the config a checkpoint stored matches the current one on every key it has.
+
+    Keys it lacks are newer than the checkpoint, and the current recipe decides them (a
+    training-only option switched on mid-run); a new key that changes the network's shape
+    still fails, when the weights do not load."""
+    return all(
+        key in current
+        and (
+            _agrees(value, current[key])
+            if isinstance(value, dict) and isinstance(current[key], dict)
+            else value == current[key]
+        )
+        for key, value in stored.items()
+    )

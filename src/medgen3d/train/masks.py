@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 from medgen3d.errors import InputError
@@ -35,7 +36,14 @@ from medgen3d.stages.masks import (
 from medgen3d.train.bank import CaseBank
 from medgen3d.train.loop import OptimisedNetwork, TrainingTask
 
-__all__ = ["PATTERNS", "MaskTask", "build_task", "draw_known_slices", "masked_mse"]
+__all__ = [
+    "PATTERNS",
+    "MaskTask",
+    "build_task",
+    "draw_known_slices",
+    "label_weights",
+    "masked_mse",
+]
 
 # Condition patterns and how often each is drawn.
 PATTERNS = {"none": 0.2, "first": 0.25, "last": 0.25, "both_ends": 0.1, "scattered": 0.2}
@@ -64,6 +72,7 @@ class MaskTask(TrainingTask):
             raise InputError("MC-DPM needs sequences of at least 2 slices (data.sequence_length)")
         self.model = model
         self.networks = {"network": OptimisedNetwork(model.network, settings, runtime)}
+        self._label_weights: tuple[CaseBank, torch.Tensor] | None = None
 
     def make_batch(
         self, bank: CaseBank, batch_size: int, rng: torch.Generator
@@ -78,6 +87,7 @@ class MaskTask(TrainingTask):
         dropped = torch.rand(batch_size, generator=rng) < model.config.position_dropout
         return {
             "clean": clean,
+            "weight": self._weights_of(bank)[drawn["label"]],
             "noise": torch.randn(clean.shape, generator=rng),
             "timesteps": model.diffusion.sample_timesteps(batch_size, rng),
             "known": draw_known_slices(batch_size, model.length, model.overlap, rng),
@@ -92,12 +102,34 @@ class MaskTask(TrainingTask):
         )
         with net.autocast():
             prediction = net.model(noisy, batch["timesteps"], clean, known, batch["position"])
-        loss = masked_mse(prediction.float(), target, ~known)
+        loss = masked_mse(prediction.float(), target, ~known, batch["weight"])
         net.step(loss)
         return {"mse": loss.detach()}
 
     def model_config(self) -> dict[str, Any]:
         return self.model.config.to_dict()
+
+    def _weights_of(self, bank: CaseBank) -> torch.Tensor:
+        """The per-label loss weights for ``bank`` (computed once per bank)."""
+        if self._label_weights is None or self._label_weights[0] is not bank:
+            counts = sum(
+                np.bincount(labels.ravel(), minlength=bank.num_classes) for labels in bank.labels
+            )
+            weights = label_weights(counts, self.model.config.label_weighting)
+            self._label_weights = (bank, weights)
+        return self._label_weights[1]
+
+
+def label_weights(counts: np.ndarray, exponent: float) -> torch.Tensor:
+    """Per-label voxel weights ``frequency ** -exponent``, normalised so that the mean weight
+    over the voxels counted is 1 (labels never seen get the largest seen weight)."""
+    frequency = counts / counts.sum()
+    seen = frequency > 0
+    weights = np.ones_like(frequency)
+    weights[seen] = frequency[seen] ** -exponent
+    weights[~seen] = weights[seen].max()
+    weights /= (frequency * weights).sum()
+    return torch.from_numpy(weights).float()
 
 
 def draw_known_slices(
@@ -133,14 +165,19 @@ def draw_known_slices(
 
 
 def masked_mse(
-    prediction: torch.Tensor, target: torch.Tensor, weight: torch.Tensor
+    prediction: torch.Tensor,
+    target: torch.Tensor,
+    slices: torch.Tensor,
+    voxel_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Mean squared error over the slices where ``weight`` ``(B, L)`` is true.
+    """Mean squared error over the slices where ``slices`` ``(B, L)`` is true, the error of
+    every channel at a voxel weighted by that voxel's ``voxel_weight`` ``(B, L, H, W)``.
 
     Averaged within each sequence first, then over the batch, so shards of equal size
     average to the global mean.
     """
-    mask = weight.to(prediction.dtype)[:, None, :, None, None]
-    squared = (prediction - target) ** 2 * mask
-    per_item = squared.flatten(1).sum(1) / (mask.expand_as(squared).flatten(1).sum(1)).clamp(min=1)
-    return per_item.mean()
+    mask = slices.to(prediction.dtype)[:, None, :, None, None]
+    weighted = mask if voxel_weight is None else mask * voxel_weight[:, None].to(mask.dtype)
+    squared = (prediction - target) ** 2 * weighted
+    counted = mask.expand_as(squared).flatten(1).sum(1).clamp(min=1)
+    return (squared.flatten(1).sum(1) / counted).mean()
