@@ -35,6 +35,7 @@ from medgen3d.errors import InputError
 from medgen3d.foreground import ForegroundFill
 from medgen3d.labels import LabelTable, bundled_table, read_label_mapping
 from medgen3d.preprocessing import IntensityWindow, Preprocessing
+from medgen3d.stages.config import check_keys
 
 __all__ = ["DataSpec", "Recipe", "StageRecipe", "TrainingSettings", "load_recipe"]
 
@@ -248,11 +249,7 @@ def _label_table(spec: Any, base: Path | None) -> LabelTable:
 
 
 def _check_keys(d: Any, allowed: set[str], section: str) -> None:
-    if not isinstance(d, Mapping):
-        raise InputError(f"section {section!r} must be a JSON object")
-    unknown = sorted(set(d) - allowed)
-    if unknown:
-        raise InputError(
-            f"unknown key(s) {', '.join(unknown)} in {section!r}; allowed: "
-            f"{', '.join(sorted(allowed))}"
-        )
+    try:
+        check_keys(d, allowed, section)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None

@@ -23,11 +23,12 @@ def check_keys(d: Mapping[str, Any], allowed: set[str], section: str) -> None:
     """Raise ``ValueError`` naming the unknown keys of config ``section``, so a typo in a
     recipe is an error instead of a silently used default."""
     if not isinstance(d, Mapping):
-        raise ValueError(f"{section} must be a mapping of keys to values, got {d!r}")
+        raise ValueError(f"section {section!r} must be a JSON object, got {d!r}")
     unknown = sorted(set(d) - allowed)
     if unknown:
         raise ValueError(
-            f"unknown {section} key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}"
+            f"unknown key(s) {', '.join(unknown)} in {section!r}; allowed: "
+            f"{', '.join(sorted(allowed))}"
         )
 
 
