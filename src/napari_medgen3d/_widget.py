@@ -248,12 +248,12 @@ class MedGen3DWidget(Container):
         layer = self._require_layer(self._labels_layer, "a Labels layer with painted slices")
         if layer is None:
             return
-        seeds = _volume(layer)
+        seed_mask = _volume(layer)
 
         def work(model: GenerativeModel, settings: GenerationSettings) -> Generator:
             from medgen3d.generate import generate_masks
 
-            label = yield from generate_masks(model, settings, seeds=seeds)
+            label = yield from generate_masks(model, settings, seed_mask=seed_mask)
             return {"labels": (label, f"{layer.name} completed")}
 
         self._with_model(lambda: self._start(work))
