@@ -397,9 +397,7 @@ def write_pair(
     for target in targets:
         if target.exists() and not overwrite:
             raise OutputExistsError(target)
-    if image is not None and (
-        image.shape != label.shape or not np.allclose(image.affine, label.affine, atol=1e-6)
-    ):
+    if image is not None and not image.on_grid_of(label):
         raise InputError(f"image and label of {name} do not share one grid")
     if isinstance(settings, GenerationSettings):
         settings = settings.to_dict()
@@ -426,7 +424,7 @@ def write_pair(
 
 def _on_one_grid(image: Volume, label: Volume) -> tuple[Volume, Volume]:
     """Check that an image and its labels share one grid (layers the user picked)."""
-    if image.shape != label.shape or not np.allclose(image.affine, label.affine, atol=1e-4):
+    if not image.on_grid_of(label):
         raise InputError(
             f"the image {image.shape} and the labels {label.shape} are not on one grid; "
             "pick the labels that belong to the image"

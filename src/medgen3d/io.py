@@ -29,6 +29,7 @@ from nibabel.orientations import axcodes2ornt, ornt_transform
 from medgen3d.errors import InputError, OutputExistsError
 
 __all__ = [
+    "GRID_TOLERANCE_MM",
     "NIFTI_SUFFIXES",
     "Volume",
     "atomic_folder",
@@ -49,6 +50,9 @@ __all__ = [
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 RAS = ("R", "A", "S")
+# Affines closer than this (mm) describe one grid: far below any voxel size, above the
+# float32 rounding of a NIfTI header.
+GRID_TOLERANCE_MM = 1e-4
 VolumeKind = Literal["image", "label"]
 
 
@@ -99,6 +103,13 @@ class Volume:
         """
         perm = np.eye(4)[[2, 1, 0, 3]]
         return perm @ self.affine @ perm
+
+    def on_grid_of(self, other: Volume) -> bool:
+        """Whether ``other`` has this volume's shape and affine, within
+        :data:`GRID_TOLERANCE_MM` (float32 rounding in a header must not part a pair)."""
+        return self.shape == other.shape and np.allclose(
+            self.affine, other.affine, atol=GRID_TOLERANCE_MM
+        )
 
     def with_data(self, data: np.ndarray) -> Volume:
         """The same geometry around new voxel data of the same shape (e.g. a generated mask)."""
@@ -181,17 +192,14 @@ def load_pair(image_path: str | Path, label_path: str | Path) -> tuple[Volume, V
 def check_same_geometry(
     reference: Volume, other: Volume, other_path: str | Path | None, reference_name: object
 ) -> None:
-    """Raise an :class:`InputError` naming ``other_path`` when grids differ.
-
-    Affines are compared with a tolerance of 1e-4 mm, far below any voxel size, so that
-    float32 rounding in headers does not reject a genuine pair.
-    """
+    """Raise an :class:`InputError` naming ``other_path`` when grids differ
+    (:meth:`Volume.on_grid_of`)."""
     if reference.shape != other.shape:
         raise InputError(
             f"shape {other.shape} (Z, Y, X) differs from {reference.shape} of {reference_name}",
             other_path,
         )
-    if not np.allclose(reference.affine, other.affine, atol=1e-4):
+    if not reference.on_grid_of(other):
         raise InputError(f"affine differs from that of {reference_name}", other_path)
 
 

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from monai.networks.blocks import Convolution
 from monai.networks.nets.spade_network import SPADENetResBlock
+from monai.networks.utils import one_hot
 from torch import nn
 
 from medgen3d.checkpoint import Checkpoint
@@ -89,8 +90,8 @@ class ImageNetworkConfig(NetworkConfig):
 def one_hot_sequence(label: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Channel indices ``(B, L, H, W)`` -> float one-hot ``(B, L * C, H, W)``, slice-major."""
     b, length, h, w = label.shape
-    one_hot = F.one_hot(label.long(), num_classes).permute(0, 1, 4, 2, 3)
-    return one_hot.reshape(b, length * num_classes, h, w).float()
+    encoded = one_hot(label.long()[:, :, None], num_classes, dim=2)  # (B, L, C, H, W)
+    return encoded.reshape(b, length * num_classes, h, w)
 
 
 class ImageSequenceGenerator(nn.Module):

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from monai.networks.nets import SPADEDiffusionModelUNet
+from monai.networks.utils import one_hot
 
 from medgen3d.checkpoint import Checkpoint
 from medgen3d.diffusion import Diffusion
@@ -131,10 +131,10 @@ def label_map(
 ) -> torch.Tensor:
     """Channel indices ``(B, H, W)`` -> one-hot ``(B, C, H, W)``; rows where ``null`` is
     true become the all-zero null map of classifier-free guidance."""
-    one_hot = F.one_hot(labels.long(), num_classes).permute(0, 3, 1, 2).float()
+    encoded = one_hot(labels.long()[:, None], num_classes, dim=1)
     if null is not None:
-        one_hot = one_hot * (~null.bool()).float().view(-1, 1, 1, 1)
-    return one_hot
+        encoded = encoded * (~null.bool()).float().view(-1, 1, 1, 1)
+    return encoded
 
 
 class SemanticRefiner:

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from monai.networks.nets import DiffusionModelUNet
 from monai.networks.nets.diffusion_model_unet import get_timestep_embedding
+from monai.networks.utils import one_hot
 from torch import nn
 
 from medgen3d.checkpoint import Checkpoint
@@ -170,8 +171,7 @@ class MaskNetworkConfig(NetworkConfig):
 
 def labels_to_signal(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Channel indices ``(B, L, H, W)`` -> one-hot ``(B, C, L, H, W)`` float in ``[-1, 1]``."""
-    one_hot = nn.functional.one_hot(labels.long(), num_classes).permute(0, 4, 1, 2, 3)
-    return one_hot.float() * 2.0 - 1.0
+    return one_hot(labels.long()[:, None], num_classes, dim=1) * 2.0 - 1.0
 
 
 class PositionEmbedding(nn.Module):
