@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,32 @@ def test_demo_model_holds_three_small_stages_for_the_phantom() -> None:
     assert model.data.labels == PHANTOM_TABLE
     assert set(model.stages) == {"masks", "images", "refiner"}
     assert all(c.training is None for c in model.checkpoints.values())  # inference only
+
+
+def test_demo_samples_are_those_of_the_seed_across_code_changes() -> None:
+    """Seed 7 of the bundled demo gives these voxels, as it did before the stages were
+    moved into medgen3d.stages: a refactor that moves a random draw, an
+    encoding or a default changes them. The labels are pinned exactly; the image to 1e-3 HU,
+    which leaves room for another BLAS build's rounding."""
+    import torch
+
+    from medgen3d.generate import generate_pair
+    from medgen3d.progress import drain
+    from medgen3d.settings import GenerationSettings, MaskSettings, RefineSettings
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        settings = GenerationSettings(
+            seed=7, depth=16, masks=MaskSettings(steps=4), refiner=RefineSettings(steps=2)
+        )
+        pair = drain(generate_pair(load_model("demo", "cpu"), settings))
+    finally:
+        torch.set_num_threads(threads)
+    digest = hashlib.sha256(pair.label.data.tobytes()).hexdigest()
+    assert digest == "c51ba096ef3547eb21d538c3006a2fd8d6ab1b1a85778a27c1b004f7144ca539"
+    voxels = [pair.image.data[z, y, x] for z, y, x in ((3, 20, 30), (8, 32, 32), (15, 10, 50))]
+    np.testing.assert_allclose(voxels, [-9.049744, 71.86096, -997.357], atol=1e-3)
 
 
 def test_demo_pair_is_aligned_and_has_the_phantoms_tissues(tmp_path: Path) -> None:
