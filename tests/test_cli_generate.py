@@ -250,21 +250,21 @@ def test_a_signal_while_a_pair_is_written_leaves_nothing_and_a_rerun_works(
     tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys, signum
 ) -> None:
     """The signal arrives while the image file is being written, after its label map."""
-    import medgen3d.generate
+    import medgen3d.batch
 
-    real_save = medgen3d.generate.save_volume
+    real_save = medgen3d.batch.save_volume
 
     def interrupted_save(volume, path, **kwargs):
         if volume.data.dtype == np.float32:  # the image, written second
             os.kill(os.getpid(), signum)
         return real_save(volume, path, **kwargs)
 
-    monkeypatch.setattr(medgen3d.generate, "save_volume", interrupted_save)
+    monkeypatch.setattr(medgen3d.batch, "save_volume", interrupted_save)
     out = tmp_path / "out"
     assert _generate(tiny_model, out) == 130
     assert "interrupted" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == []  # no pair, no orphan, no .part file
-    monkeypatch.setattr(medgen3d.generate, "save_volume", real_save)
+    monkeypatch.setattr(medgen3d.batch, "save_volume", real_save)
     assert _generate(tiny_model, out) == 0
     assert sorted(p.name for p in out.iterdir()) == [
         "sample_0000.json",

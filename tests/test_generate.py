@@ -11,6 +11,7 @@ import torch
 
 from _stage_data import LENGTH, OVERLAP, TINY_GENERATOR, tiny_model
 from _stage_data import TINY_DATA as DATA
+from medgen3d.batch import sample_seed, write_pair
 from medgen3d.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from medgen3d.errors import InputError, OutputExistsError
 from medgen3d.generate import (
@@ -18,8 +19,6 @@ from medgen3d.generate import (
     generate_pair,
     model_grid,
     regenerate_slices,
-    sample_seed,
-    write_pair,
 )
 from medgen3d.io import Volume, load_volume
 from medgen3d.labels import bundled_table
@@ -204,7 +203,7 @@ def test_model_folder_loads_packs_and_rejects_mismatched_stages(
 
 
 def test_a_folder_of_pairs_gives_its_label_maps_as_masks(tmp_path) -> None:
-    from medgen3d.generate import mask_files
+    from medgen3d.batch import mask_files
 
     for name in ("a_image", "a_label", "b_label", "c_image", "notes"):
         (tmp_path / f"{name}.nii.gz").write_bytes(b"")

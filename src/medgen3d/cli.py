@@ -250,12 +250,8 @@ def _add_generate(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_generate(args: argparse.Namespace) -> None:
-    from medgen3d.generate import (
-        conform_labels,
-        generate_samples,
-        mask_files,
-        pairs_for_mask_files,
-    )
+    from medgen3d.batch import generate_samples, mask_files, pairs_for_mask_files
+    from medgen3d.generate import conform_labels
     from medgen3d.io import load_volume
     from medgen3d.labels import label_mapping
     from medgen3d.model import load_model

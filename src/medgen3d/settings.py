@@ -123,7 +123,7 @@ class GenerationSettings:
 
     Attributes:
         seed: seed of this sample (derive per-sample seeds with
-            :func:`medgen3d.generate.sample_seed`).
+            :func:`medgen3d.batch.sample_seed`).
         depth: slices to generate when no seed mask fixes the depth.
         masks: stage 1's settings.
         refiner: stage 3's settings.

@@ -350,7 +350,7 @@ class MedGen3DWidget(Container):
         if self._export_format.value == "DICOM":
             self._export_dicom(image, label, folder / name)
             return
-        from medgen3d.generate import write_pair
+        from medgen3d.batch import write_pair
 
         settings = label_layer.metadata.get(GEOMETRY_KEY, {}).get("settings", {})
         try:
@@ -466,7 +466,8 @@ class MedGen3DWidget(Container):
         count = int(self._samples.value)
 
         def work(model: GenerativeModel, settings: GenerationSettings) -> Generator:
-            from medgen3d.generate import generate_pair, sample_seed
+            from medgen3d.batch import sample_seed
+            from medgen3d.generate import generate_pair
 
             results = {}
             for index in range(count):
