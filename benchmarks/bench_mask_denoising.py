@@ -5,8 +5,9 @@ level, scored against the truth.
 
 Draws sequences from ``--cases`` of the recipe's held-out pairs in DATA, noises them
 to timestep t, asks the model for the clean sequence (no known slices, position given) and
-prints per t the voxel accuracy of its arg-max, and each label's share of the voxels in
-the truth and in the estimate. A model that cannot name a label at t = 100 (little noise)
+prints per t the voxel accuracy of its arg-max, the mean Dice over labels, and each
+label's share of the voxels in the truth and in the estimate (and per-label Dice at the
+last, least noisy t). A model that cannot name a label at t = 100 (little noise)
 has not learnt it, whatever its loss says; sampling cannot draw it either. Run by hand,
 never in CI.
 """
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 
 from medgen3d.datasets import discover_pairs
+from medgen3d.evaluation.segmenter import dice_per_label
 from medgen3d.model import load_model
 from medgen3d.recipe import load_recipe
 from medgen3d.stages.masks import labels_to_signal
@@ -62,7 +64,12 @@ def main() -> None:
             estimate = model.network(noisy, timesteps, clean, known, drawn["position"])
         labels = estimate.argmax(dim=1)
         accuracy = float((labels == truth).float().mean())
-        print(f"t={t:4d} accuracy {accuracy:.3f}", _shares(labels, names))
+        dice = dice_per_label(labels.numpy(), truth.numpy(), len(names))
+        print(
+            f"t={t:4d} accuracy {accuracy:.3f} mean Dice {np.nanmean(dice):.3f}",
+            _shares(labels, names),
+        )
+    print("Dice at t=100", " ".join(f"{n}={d:.2f}" for n, d in zip(names[1:], dice, strict=True)))
 
 
 def _shares(labels: torch.Tensor, names: tuple[str, ...]) -> str:
