@@ -138,11 +138,21 @@ class MedGen3DWidget(Container):
         self._bar: progress | None = None
         self._pending: Callable[[], None] | None = None
 
+        self._build_model_section()
+        self._build_generate_section()
+        self._build_edit_section()
+        self._build_inspect_section()
+        self._lay_out()
+        self._connect(viewer)
+
+    def _build_model_section(self) -> None:
         self._model_name = ComboBox(choices=self._model_choices, label="Model")
         self._model_file = FileEdit(mode="r", filter="*.pt", label="Model file", value="")
         self._device = ComboBox(choices=choices(Device), value=Device.AUTO.value, label="Device")
         self._load = PushButton(text="Load model")
         self._info = Label(value="Model: not loaded yet")
+
+    def _build_generate_section(self) -> None:
         self._seed = SpinBox(value=DEFAULTS.seed, min=0, max=2**31 - 1, label="Seed")
         # follows the model's typical depth until the user edits it
         self._depth_default = DEFAULTS.depth
@@ -164,38 +174,41 @@ class MedGen3DWidget(Container):
         self._guidance = FloatSpinBox(
             value=DEFAULTS.refiner.guidance, min=0.0, max=20.0, step=0.5, label="Guidance"
         )
-        self._labels_layer = ComboBox(choices=self._layer_choices(Labels), label="Labels layer")
-        self._label_map = ComboBox(
-            choices=(MODEL_CONVENTION, *bundled_mappings(), OTHER_FILE), label="Label map"
-        )
-        self._label_map_file = FileEdit(mode="r", filter="*.txt", label="Label map file")
-        self._label_map_file.changed.connect(lambda: setattr(self._label_map, "value", OTHER_FILE))
-        self._image_layer = ComboBox(choices=self._layer_choices(Image), label="Image layer")
         self._generate_pair = PushButton(text="Generate pair")
         self._generate_masks = PushButton(text="Generate masks")
-        self._complete = PushButton(text="Complete from seeds")
-        self._image_from_masks = PushButton(text="Generate image from masks")
-        self._refine = PushButton(text="Refine image")
-        self._regenerate = PushButton(text="Regenerate edited slices")
         self._cancel = PushButton(text="Cancel", enabled=False)
         # the running job's progress in the widget itself, beside Cancel (napari's activity
         # dock shows it too)
         self._progress = ProgressBar(value=0, max=1, visible=False)
+
+    def _build_edit_section(self) -> None:
+        self._labels_layer = ComboBox(choices=self._layer_choices(Labels), label="Labels layer")
+        self._image_layer = ComboBox(choices=self._layer_choices(Image), label="Image layer")
+        self._label_map = ComboBox(
+            choices=(MODEL_CONVENTION, *bundled_mappings(), OTHER_FILE), label="Label map"
+        )
+        self._label_map_file = FileEdit(mode="r", filter="*.txt", label="Label map file")
+        self._complete = PushButton(text="Complete from seeds")
+        self._image_from_masks = PushButton(text="Generate image from masks")
+        self._refine = PushButton(text="Refine image")
+        self._regenerate = PushButton(text="Regenerate edited slices")
+
+    def _build_inspect_section(self) -> None:
         self._contours = CheckBox(value=False, text="Contours only")
         self._toggle_3d = PushButton(text="Switch 2D / 3D")
         self._volume_3d = CheckBox(value=False, text="Image as volume in 3D")
-        self._export_dir = FileEdit(mode="d", label="Export to")
         self._window = ComboBox(choices=("auto", *CT_WINDOWS), value="auto", label="Window")
+        self._export_dir = FileEdit(mode="d", label="Export to")
         self._export_format = ComboBox(choices=("NIfTI", "DICOM"), label="Export as")
         self._export = PushButton(text="Export pair")
         self._segmenter = FileEdit(mode="r", filter="*.pt", label="Segmenter", value="")
         self._check = PushButton(text="Check pair")
         self._check_result = Label(value="")
 
-        self._lay_out()
-
+    def _connect(self, viewer: napari.viewer.Viewer) -> None:
         # Choosing a file means "use this file": the name list follows.
         self._model_file.changed.connect(lambda: setattr(self._model_name, "value", OTHER_FILE))
+        self._label_map_file.changed.connect(lambda: setattr(self._label_map, "value", OTHER_FILE))
         self._load.changed.connect(lambda: self._with_model(lambda: None, force=True))
         self._generate_pair.changed.connect(self.generate_pair)
         self._generate_masks.changed.connect(self.generate_masks)
