@@ -25,18 +25,17 @@ import numpy as np
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QApplication
 
-# The widget's methods that run on the GUI thread during a job.
+# The widget's methods that run on the GUI thread during a job, and its live layers'.
 TRACED = (
     "_on_progress",
+    "_on_tick",
     "_show_progress",
-    "_show_preview",
-    "_add_results",
-    "_add_volume",
-    "_remove_preview",
+    "_show_results",
     "_on_error",
     "_on_finished",
     "_refresh_layer_choices",
 )
+TRACED_LIVE = ("show_due", "finish", "discard")
 
 
 def trace(obj: object, names: tuple[str, ...], calls: list[tuple[str, float, float]]) -> None:
@@ -124,6 +123,9 @@ def main() -> None:
     calls: list[tuple[str, float, float]] = [("widget created", start, time.perf_counter())]
     viewer.window.add_dock_widget(widget, name="MedGen3D")
     trace(widget, TRACED, calls)
+    trace(widget._live, TRACED_LIVE, calls)
+    widget._tick.timeout.disconnect()  # the timer holds the method it was given
+    widget._tick.timeout.connect(lambda: widget._on_tick())
     trace_paint(viewer, calls)
     trace_gc(calls)
     widget._model_name.value = args.model

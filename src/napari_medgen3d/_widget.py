@@ -3,11 +3,13 @@
 The widget only translates. Each button reads the controls into a
 :class:`medgen3d.settings.GenerationSettings`, picks the layers it works on, and runs one
 engine generator in a napari worker thread: yielded :class:`medgen3d.progress.Progress`
-reports drive a progress bar and a live preview layer, ``Cancel`` calls ``worker.quit()``
-(honoured between steps), the returned volumes become layers, and an error becomes a
-notification. Nothing is added to the viewer until a job succeeds, so a cancelled or
-failed job leaves the layers as they were. Torch and MONAI are imported inside the worker
-functions, never when napari starts.
+reports drive the widget's progress bar and a live preview layer, ``Cancel`` calls
+``worker.quit()`` (honoured between steps), the returned volumes become layers (the
+preview layers themselves: :mod:`napari_medgen3d._results`), and an error becomes a
+notification. A cancelled or failed job removes its previews, leaving the layers as they
+were. The viewer must not stall: the worker prepares previews and results, and the GUI
+thread shows at most one preview per half second and makes each layer once. Torch and
+MONAI are imported inside the worker functions, never when napari starts.
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ from magicgui.widgets import (
 )
 from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
-from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from medgen3d.bundled import bundled_models
@@ -48,24 +49,28 @@ from medgen3d.settings import (
     RefineSettings,
     choices,
 )
-from napari_medgen3d._layers import (
-    GEOMETRY_KEY,
-    labels_style,
-    layer_to_volume,
-    placement,
-    volume_to_layer,
+from napari_medgen3d._layers import GEOMETRY_KEY, layer_to_volume
+from napari_medgen3d._results import (
+    CT_WINDOWS,
+    Display,
+    Generated,
+    LiveLayers,
+    Report,
+    ResultLayer,
+    is_preview,
 )
 from napari_medgen3d._tooltips import TOOLTIPS
 
 if TYPE_CHECKING:
     import napari
+    from qtpy.QtCore import QTimer
 
+    from medgen3d.evaluation.check import PairCheck
     from medgen3d.io import Volume
     from medgen3d.model import GenerativeModel
 
 log = logging.getLogger(__name__)
 
-PREVIEW_LAYER = "MedGen3D preview"
 OTHER_FILE = "Other file…"
 MODEL_CONVENTION = "model's own"
 # Where the widget keeps what it remembers between sessions (QSettings organisation, app)
@@ -116,14 +121,10 @@ SECTIONS = {
 ENVELOPES = ("body", "head")
 # Camera angles of the 3D view: from the front, above and to the side.
 CAMERA_3D = (-20.0, 35.0, 150.0)
-# CT display windows (low, high) in HU: level -/+ half the width
-CT_WINDOWS = {
-    "soft tissue": (-160.0, 240.0),
-    "lung": (-1350.0, 150.0),
-    "bone": (-450.0, 1050.0),
-    "brain": (0.0, 80.0),
-}
 STAGE_FILES = ("masks.pt", "images.pt", "refiner.pt")
+# How often the progress bar follows a running job (ms); previews come at most every
+# _results.PREVIEW_INTERVAL_S.
+UI_INTERVAL_MS = 200
 
 
 class MedGen3DWidget(Container):
@@ -135,8 +136,10 @@ class MedGen3DWidget(Container):
         self._model: GenerativeModel | None = None
         self._model_key: tuple[str, str] | None = None
         self._worker: Any = None
-        self._bar: progress | None = None
         self._pending: Callable[[], None] | None = None
+        self._report: Report | None = None  # the running job's latest, for _on_tick
+        self._live = LiveLayers(viewer)
+        self._tick = _single_shot(UI_INTERVAL_MS, self._on_tick, self.native)
 
         self._build_model_section()
         self._build_generate_section()
@@ -177,8 +180,7 @@ class MedGen3DWidget(Container):
         self._generate_pair = PushButton(text="Generate pair")
         self._generate_masks = PushButton(text="Generate masks")
         self._cancel = PushButton(text="Cancel", enabled=False)
-        # the running job's progress in the widget itself, beside Cancel (napari's activity
-        # dock shows it too)
+        # the running job's progress, beside Cancel
         self._progress = ProgressBar(value=0, max=1, visible=False)
 
     def _build_edit_section(self) -> None:
@@ -223,7 +225,8 @@ class MedGen3DWidget(Container):
         self._volume_3d.changed.connect(self._show_image_volume)
         self._export.changed.connect(self.export_pair)
         self._check.changed.connect(self.check_pair)
-        for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
+        events = viewer.layers.events
+        for event in (events.inserted, events.removed, events.renamed):  # as napari's dock does
             event.connect(self._refresh_layer_choices)
 
     def _lay_out(self) -> None:
@@ -267,7 +270,7 @@ class MedGen3DWidget(Container):
             from medgen3d.generate import generate_masks
 
             label = yield from generate_masks(model, settings, seed_mask=seed_mask)
-            return {"labels": (label, f"{layer.name} completed")}
+            return (Generated(label, "labels", f"{layer.name} completed"),)
 
         self._with_model(lambda: self._start(work))
 
@@ -298,7 +301,7 @@ class MedGen3DWidget(Container):
                 from medgen3d.generate import generate_image
 
                 image = yield from generate_image(model, conformed, settings, source=layer.name)
-                return {"image": (image, f"{layer.name} image")}
+                return (Generated(image, "image", f"{layer.name} image"),)
 
             self._start(work)
 
@@ -322,7 +325,7 @@ class MedGen3DWidget(Container):
             from medgen3d.generate import refine_image
 
             refined = yield from refine_image(model, image, label, settings)
-            return {"image": (refined, f"{image_layer.name} refined")}
+            return (Generated(refined, "image", f"{image_layer.name} refined"),)
 
         self._with_model(lambda: self._start(work))
 
@@ -345,7 +348,7 @@ class MedGen3DWidget(Container):
             from medgen3d.generate import regenerate_slices
 
             updated = yield from regenerate_slices(model, image, label, changed, settings)
-            return {"image": (updated, f"{image_layer.name} regenerated")}
+            return (Generated(updated, "image", f"{image_layer.name} regenerated"),)
 
         self._with_model(lambda: self._start(work))
 
@@ -389,10 +392,10 @@ class MedGen3DWidget(Container):
 
             yield from ()
             modality = model.data.preprocessing.window.modality
-            return {"folder": write_dicom_pair(image, label, model.data.labels, modality, folder)}
+            return write_dicom_pair(image, label, model.data.labels, modality, folder)
 
-        def done(result: dict) -> None:
-            show_info(f"Exported a DICOM series and segmentation to {result['folder']}")
+        def done(written: Path) -> None:
+            show_info(f"Exported a DICOM series and segmentation to {written}")
 
         self._with_model(lambda: self._start(work, on_result=done))
 
@@ -416,18 +419,18 @@ class MedGen3DWidget(Container):
             if segmenter_path not in ("", "."):
                 segmenter = Segmenter.load(segmenter_path, resolve_device(device))
             ranges = training_intensities(model)
-            result = check_pair(image, label, model.data, ranges, segmenter, name=label_layer.name)
-            return {"check": result}
+            return check_pair(image, label, model.data, ranges, segmenter, name=label_layer.name)
 
-        def show(result: dict) -> None:
-            self._check_result.value = result["check"].describe()
-            show_info(result["check"].describe().splitlines()[0])
+        def show(result: PairCheck) -> None:
+            self._check_result.value = result.describe()
+            show_info(result.describe().splitlines()[0])
 
         self._with_model(lambda: self._start(work, on_result=show))
 
     def cancel(self) -> None:
         if self._worker is not None:
             self._worker.quit()
+            self._live.pause.release()  # a worker held between reports sees the quit
 
     # ---- model loading ------------------------------------------------------------------
     def _with_model(self, then: Callable[[], None], force: bool = False) -> None:
@@ -446,10 +449,10 @@ class MedGen3DWidget(Container):
             from medgen3d.runtime import resolve_device
 
             yield from ()
-            return {"model": load_model(key[0], resolve_device(key[1]))}
+            return load_model(key[0], resolve_device(key[1]))
 
-        def loaded(result: dict) -> None:
-            self._model, self._model_key = result["model"], key
+        def loaded(model: GenerativeModel) -> None:
+            self._model, self._model_key = model, key
             if key[0] not in bundled_models():
                 _remember_model(key[0])
                 self._model_name.reset_choices()
@@ -482,37 +485,45 @@ class MedGen3DWidget(Container):
             from medgen3d.batch import sample_seed
             from medgen3d.generate import generate_pair
 
-            results = {}
+            results = []
             for index in range(count):
                 seeded = settings.with_seed(sample_seed(settings.seed, index))
                 pair = yield from generate_pair(
                     model, seeded, stage="all" if what == "pair" else "masks"
                 )
                 name = f"sample {settings.seed}-{index}"
-                results[f"labels{index}"] = (pair.label, f"{name} labels", seeded)
+                results.append(Generated(pair.label, "labels", f"{name} labels", seeded))
                 if pair.image is not None:
-                    results[f"image{index}"] = (pair.image, f"{name} image", seeded)
-            return results
+                    results.append(Generated(pair.image, "image", f"{name} image", seeded))
+            return tuple(results)
 
         self._with_model(lambda: self._start(work))
 
     def _start(
         self,
         work: Callable[[GenerativeModel | None, GenerationSettings | None], Generator],
-        on_result: Callable[[dict], None] | None = None,
+        on_result: Callable[[Any], None] | None = None,
         needs_model: bool = True,
     ) -> None:
-        """Run ``work(model, settings)`` in a worker thread; ``on_result`` gets what it
-        returns. The settings are read from the controls here, on the GUI thread (Qt
-        widgets must not be read from another thread), as the job starts."""
+        """Run ``work(model, settings)`` in a worker thread. Without ``on_result``, ``work``
+        returns :class:`Generated` volumes and they become layers; else ``on_result`` gets
+        what it returns. The settings and the display choices are read from the controls
+        here, on the GUI thread (Qt widgets must not be read from another thread), as the
+        job starts; its previews and result layers are prepared in the worker."""
         if self._worker is not None:
             show_info("MedGen3D is busy; cancel the running job or wait for it.")
             return
         model, settings = (self._model, self._settings()) if needs_model else (None, None)
+        display, pause = self._display(), self._live.pause
+
+        def job(model: GenerativeModel | None, settings: GenerationSettings | None) -> Generator:
+            returned = yield from display.reports(work(model, settings), pause)
+            return returned if on_result is not None else display.layers(returned)
+
         # errors are shown by _on_error; napari must not also re-raise them
-        worker = create_worker(work, model, settings, _start_thread=False, _ignore_errors=True)
+        worker = create_worker(job, model, settings, _start_thread=False, _ignore_errors=True)
         worker.yielded.connect(lambda report: self._on_progress(report, worker))
-        worker.returned.connect(on_result or self._add_results)
+        worker.returned.connect(on_result or self._show_results)
         worker.errored.connect(self._on_error)
         worker.aborted.connect(lambda: show_info("MedGen3D: cancelled; layers left unchanged."))
         worker.finished.connect(lambda: self._on_finished(worker))
@@ -520,24 +531,34 @@ class MedGen3DWidget(Container):
         self._set_busy(True)
         worker.start()
 
-    def _on_progress(self, report: Any, worker: Any) -> None:
+    def _on_progress(self, report: Report, worker: Any) -> None:
+        """Keep the job's latest report for :meth:`_on_tick` to show: reports and previews
+        can come faster than the viewer repaints."""
         if worker is not self._worker:  # a report queued before the job ended
             return
-        if self._bar is None:
-            self._bar = progress(total=report.total, desc=f"MedGen3D {report.stage}")
-        bar = self._bar  # updating it may process events, among them the job's end
-        if bar.total != report.total or not bar.desc.endswith(report.stage):
-            bar.total = report.total
-            bar.set_description(f"MedGen3D {report.stage}")
-        bar.n = report.done
-        bar.refresh()
-        self._show_progress(report)
-        if report.preview is not None and worker is self._worker:
-            self._show_preview(report.stage, report.preview, report.affine)
+        self._report = report
+        if report.preview is not None:
+            self._live.offer(report.preview)
+        if not self._tick.isActive():
+            self._tick.start()
 
-    def _show_progress(self, report: Any) -> None:
-        """The report in the widget's own progress bar, unless the dock is already gone (a
-        viewer closed while a job's last reports were queued)."""
+    def _on_tick(self) -> None:
+        """Show a waiting preview once one is due, else the latest report: each costs a
+        repaint of the window, so one per tick."""
+        report = self._report
+        if self._worker is None or report is None:
+            return
+        shown = self._live.show_due()
+        if shown or self._live.waiting:
+            self._tick.start()
+        if not shown:
+            self._show_progress(report)
+
+    def _show_progress(self, report: Report) -> None:
+        """The report in the widget's progress bar, unless the dock is already gone (a
+        viewer closed while a job's last reports were queued). A new value repaints the
+        window at once (QProgressBar), 15-60 ms under software OpenGL. Not in napari's
+        activity dock: its bar takes 0.2 s to create per job and repaints on every update."""
         try:
             self._progress.max = max(report.total, 1)
             self._progress.value = min(report.done, report.total)
@@ -545,18 +566,14 @@ class MedGen3DWidget(Container):
         except RuntimeError:  # the Qt widget was deleted with the viewer
             pass
 
-    def _add_results(self, result: dict) -> None:
-        """Add each returned ``(volume, name[, settings])`` as a layer (``labels*`` keys
-        become Labels layers, the others Image layers). Images go in first, so every label
-        layer lies above the images and its overlay is visible without reordering."""
-        self._remove_preview()
-        ordered = sorted(result.items(), key=lambda item: item[0].startswith("labels"))
-        for key, (volume, name, *rest) in ordered:
-            kind = "labels" if key.startswith("labels") else "image"
-            self._add_volume(volume, kind, name, rest[0] if rest else None)
+    def _show_results(self, results: tuple[ResultLayer, ...]) -> None:
+        """Show a job's results, in its preview layers where it has some."""
+        for layer in self._live.finish(results):
+            if isinstance(layer, Labels):
+                layer.contour = 1 if self._contours.value else 0
 
     def _on_error(self, exc: Exception) -> None:
-        self._remove_preview()
+        self._live.discard()
         show_error(f"MedGen3D: {_describe_error(exc)}")
         log.error("MedGen3D job failed", exc_info=exc)
 
@@ -564,10 +581,9 @@ class MedGen3DWidget(Container):
         if worker is not self._worker:
             return
         self._worker = None
-        self._remove_preview()
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
+        self._report = None
+        self._tick.stop()
+        self._live.discard()
         self._set_busy(False)
         pending, self._pending = self._pending, None
         if pending is not None:
@@ -603,65 +619,27 @@ class MedGen3DWidget(Container):
             ),
         )
 
-    def _add_volume(self, volume: Volume, kind: str, name: str, settings: Any) -> None:
-        table = self._model.data.labels if self._model is not None else None
-        data, kwargs, layer_type = volume_to_layer(volume, kind, name, table)
-        if layer_type == "labels":
-            kwargs["opacity"] = 0.5
-            kwargs["metadata"][GEOMETRY_KEY]["generated_labels"] = data.copy()
-            if settings is not None:
-                kwargs["metadata"][GEOMETRY_KEY]["settings"] = settings.to_dict()
-            layer = self._viewer.add_labels(data, **kwargs)
-            layer.contour = 1 if self._contours.value else 0
-        else:
-            kwargs["contrast_limits"] = self._display_window(data)
-            self._viewer.add_image(data, **kwargs)
-
-    def _display_window(self, image: np.ndarray) -> tuple[float, float]:
-        """The contrast of the chosen preset: a CT window in HU, or (``auto``) the soft-tissue
-        window for CT and the 1st-99.5th percentiles for MRI, which has no absolute unit."""
-        preset = str(self._window.value)
-        window = self._model.data.preprocessing.window if self._model is not None else None
-        if preset == "auto":
-            if window is not None and window.modality == "ct":
-                preset = "soft tissue"
-            else:
-                low, high = np.percentile(image, [1.0, 99.5])
-                return float(low), float(max(high, low + 1e-6))
-        return CT_WINDOWS[preset]
+    def _display(self) -> Display:
+        """How results are shown: the model's label colours and modality, the chosen
+        contrast preset."""
+        if self._model is None:
+            return Display(window=str(self._window.value))
+        window = self._model.data.preprocessing.window
+        modality = window.modality if window is not None else None
+        return Display(self._model.data.labels, str(self._window.value), modality)
 
     def _apply_window(self) -> None:
         """Apply the chosen contrast preset to the chosen Image layer."""
         layer = self._image_layer.value
         if layer is not None:
-            layer.contrast_limits = self._display_window(np.asarray(layer.data))
-
-    def _show_preview(self, stage: str, preview: np.ndarray, affine: np.ndarray | None) -> None:
-        # masks preview as labels, images as an image: one layer of each kind, never mixed
-        name = f"{PREVIEW_LAYER} ({stage})"
-        if name in self._viewer.layers:
-            self._viewer.layers[name].data = preview
-            return
-        extra: dict[str, Any] = {}
-        if affine is not None:  # where the result will appear
-            from medgen3d.io import Volume
-
-            extra = placement(Volume(preview, affine))
-        if self._model is not None and stage == "masks":
-            extra.update(labels_style(self._model.data.labels))
-        add = self._viewer.add_labels if stage == "masks" else self._viewer.add_image
-        add(preview, name=name, opacity=0.5, **extra)
-
-    def _remove_preview(self) -> None:
-        for layer in [layer for layer in self._viewer.layers if _is_preview(layer)]:
-            self._viewer.layers.remove(layer)
+            layer.contrast_limits = self._display().contrast_limits(np.asarray(layer.data))
 
     def _layer_choices(self, layer_type: type) -> Callable[[Any], list]:
         def choices(_widget: Any = None) -> list:
             return [
                 (layer.name, layer)
                 for layer in self._viewer.layers
-                if isinstance(layer, layer_type) and not _is_preview(layer)
+                if isinstance(layer, layer_type) and not is_preview(layer)
             ]
 
         return choices
@@ -693,7 +671,7 @@ class MedGen3DWidget(Container):
 
     def _show_images(self, visible: bool) -> None:
         for layer in self._viewer.layers:
-            if isinstance(layer, Image) and not _is_preview(layer):
+            if isinstance(layer, Image) and not is_preview(layer):
                 layer.visible = visible
 
     def _toggle_ndisplay(self) -> None:
@@ -711,6 +689,16 @@ class MedGen3DWidget(Container):
             # napari 0.9 moved the camera to viewer.scene; earlier versions have viewer.camera
             scene = getattr(self._viewer, "scene", self._viewer)
             scene.camera.angles = CAMERA_3D
+
+
+def _single_shot(interval_ms: int, slot: Callable[[], None], parent: Any) -> QTimer:
+    from qtpy.QtCore import QTimer
+
+    timer = QTimer(parent)
+    timer.setSingleShot(True)
+    timer.setInterval(interval_ms)
+    timer.timeout.connect(slot)
+    return timer
 
 
 def _recent_models() -> list[str]:
@@ -747,10 +735,6 @@ def _show_envelopes(layer: Any, visible: bool) -> None:
             saved.setdefault(value, colours.get(value))
             colours[value] = np.zeros(4)
     layer.colormap = DirectLabelColormap(color_dict=colours)
-
-
-def _is_preview(layer: Any) -> bool:
-    return layer.name.startswith(PREVIEW_LAYER)
 
 
 def _volume(layer: Any) -> Volume:

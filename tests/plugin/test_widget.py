@@ -9,6 +9,7 @@ import pytest
 
 from _stage_data import TINY_DATA as DATA
 from _stage_data import write_tiny_model
+from napari_medgen3d._layers import GEOMETRY_KEY
 
 pytestmark = pytest.mark.gui
 
@@ -58,6 +59,8 @@ def test_widget_is_contributed_by_the_manifest(make_napari_viewer) -> None:
 
 
 def test_generate_pair_adds_aligned_layers_with_label_names(widget, qtbot) -> None:
+    from medgen3d.batch import sample_seed
+
     viewer, w = widget
     w.generate_pair()
     qtbot.waitUntil(lambda: "sample 0-0 image" in viewer.layers, timeout=TIMEOUT_MS)
@@ -72,6 +75,28 @@ def test_generate_pair_adds_aligned_layers_with_label_names(widget, qtbot) -> No
     np.testing.assert_allclose(labels.translate, image.translate)
     assert list(labels.features["name"]) == list(DATA.labels.names)
     assert "4 heart" in w._info.tooltip and "16x16" in w._info.value
+    assert image.opacity == 1.0  # not the preview's half transparency
+    # ready to work on: offered in the widget's choices, with what regenerate/export need
+    assert w._labels_layer.choices == (labels,) and w._image_layer.choices == (image,)
+    geometry = labels.metadata[GEOMETRY_KEY]
+    np.testing.assert_array_equal(geometry["generated_labels"], labels.data)
+    assert geometry["settings"]["seed"] == sample_seed(0, 0)  # what made this sample
+
+
+def test_each_sample_gets_its_own_pair_of_layers(widget, qtbot) -> None:
+    viewer, w = widget
+    w._samples.value = 2
+    w.generate_pair()
+    qtbot.waitUntil(lambda: "sample 0-1 labels" in viewer.layers, timeout=TIMEOUT_MS)
+    _wait_idle(qtbot, w)
+    assert [layer.name for layer in viewer.layers] == [
+        "sample 0-0 image",
+        "sample 0-1 image",
+        "sample 0-0 labels",
+        "sample 0-1 labels",
+    ]
+    first, second = viewer.layers["sample 0-0 image"], viewer.layers["sample 0-1 image"]
+    assert not np.array_equal(first.data, second.data)  # two seeds, two samples
 
 
 def test_complete_from_seeds_keeps_painted_slices(widget, qtbot) -> None:
@@ -98,7 +123,7 @@ def test_cancel_leaves_layers_as_they_were(widget, qtbot) -> None:
     viewer.add_labels(np.zeros((4, 4, 4), dtype=np.uint8), name="existing")
     names = [layer.name for layer in viewer.layers]
     w.generate_pair()
-    qtbot.waitUntil(lambda: w._bar is not None, timeout=TIMEOUT_MS)  # work under way
+    qtbot.waitUntil(lambda: w._report is not None, timeout=TIMEOUT_MS)  # work under way
     assert not w._progress.native.isHidden() and w._cancel.enabled  # both in the widget
     outcome = []
     w._worker.aborted.connect(lambda: outcome.append("aborted"))
@@ -107,6 +132,61 @@ def test_cancel_leaves_layers_as_they_were(widget, qtbot) -> None:
     _wait_idle(qtbot, w)
     assert outcome == ["aborted"]  # cancelled, not failed
     assert [layer.name for layer in viewer.layers] == names
+
+
+def test_a_failed_job_removes_its_previews_and_says_why(widget, qtbot) -> None:
+    import threading
+
+    from napari.utils.notifications import notification_manager
+
+    from medgen3d.progress import Progress
+
+    viewer, w = widget
+    messages = []
+    notification_manager.notification_ready.connect(lambda n: messages.append(str(n.message)))
+    previewed = threading.Event()
+
+    def work(_model, _settings):
+        yield Progress("masks", 1, 2, preview=np.ones((4, 6, 6), np.uint8))
+        previewed.wait(TIMEOUT_MS / 1000)
+        raise ValueError("out of luck")
+
+    w._start(work, needs_model=False)
+    qtbot.waitUntil(lambda: "MedGen3D preview (masks)" in viewer.layers, timeout=TIMEOUT_MS)
+    previewed.set()
+    _wait_idle(qtbot, w)
+    assert any("unexpected ValueError: out of luck" in m for m in messages)
+    assert len(viewer.layers) == 0
+
+
+def test_a_preview_that_becomes_the_result_is_offered_to_work_on(make_napari_viewer, qtbot) -> None:
+    """Not docked, so napari does not refresh the widget's layer lists itself."""
+    import threading
+
+    from medgen3d.io import Volume
+    from medgen3d.progress import Progress
+    from napari_medgen3d._results import Generated
+    from napari_medgen3d._widget import MedGen3DWidget
+
+    viewer = make_napari_viewer()
+    w = MedGen3DWidget(viewer)
+    labels = np.zeros((4, 6, 6), np.uint8)
+    previewed = threading.Event()
+
+    def work(_model, _settings):
+        yield Progress("masks", 1, 2, preview=labels)
+        previewed.wait(TIMEOUT_MS / 1000)
+        return (Generated(Volume(labels, np.eye(4)), "labels", "made"),)
+
+    w._start(work, needs_model=False)
+    qtbot.waitUntil(lambda: len(viewer.layers) == 1, timeout=TIMEOUT_MS)
+    preview = viewer.layers[0]
+    assert preview not in w._labels_layer.choices  # nothing to work on yet
+    previewed.set()
+    _wait_idle(qtbot, w)
+    assert [layer.name for layer in viewer.layers] == ["made"]
+    assert viewer.layers["made"] is preview
+    assert w._labels_layer.choices == (preview,)
 
 
 def test_bad_model_path_is_a_notification_not_a_crash(widget, qtbot, tmp_path) -> None:
@@ -151,7 +231,9 @@ def test_previews_appear_where_the_result_will(widget) -> None:
 
     viewer, w = widget
     affine = model_grid(DATA, 12)
-    w._show_preview("masks", np.zeros((12, 16, 16), np.uint8), affine)
+    w._live.offer(w._display().preview("masks", np.zeros((12, 16, 16), np.uint8), affine))
+    w._live._hold_s = 0.0  # no worker to hold
+    assert w._live.show_due()
     preview = viewer.layers["MedGen3D preview (masks)"]
     np.testing.assert_allclose(preview.scale, (3.0, 2.0, 2.0))
     np.testing.assert_allclose(preview.translate, affine[[2, 1, 0], 3])
@@ -282,13 +364,15 @@ def test_contrast_follows_the_models_modality_and_the_chosen_preset(widget, qtbo
 
 
 def test_3d_view_makes_the_body_transparent_and_2d_restores_it(widget, qtbot) -> None:
+    from napari_medgen3d._results import Generated
+
     viewer, w = widget
     labels = np.zeros((9, 16, 16), dtype=np.uint8)
     labels[:, 2:14, 2:14] = 1
     labels[3:6, 6:10, 6:10] = 4
     w._with_model(lambda: None)  # the tiny model's table names and colours
     _wait_idle(qtbot, w)
-    w._add_volume(_volume_of(labels), "labels", "organs", None)
+    w._show_results(w._display().layers([Generated(_volume_of(labels), "labels", "organs")]))
     layer = viewer.layers["organs"]
     body_colour = np.array(layer.colormap.color_dict[1])
     image = viewer.add_image(np.zeros(labels.shape, np.float32), name="ct")
