@@ -9,7 +9,8 @@ preview layers themselves: :mod:`napari_medgen3d._results`), and an error become
 notification. A cancelled or failed job removes its previews, leaving the layers as they
 were. The viewer must not stall: the worker prepares previews and results, and the GUI
 thread shows at most one preview per half second and makes each layer once. Torch and
-MONAI are imported inside the worker functions, never when napari starts.
+MONAI are imported inside the worker functions and, as the widget opens, in a background
+thread (:mod:`napari_medgen3d._responsive`), never when napari starts.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from medgen3d.settings import (
     choices,
 )
 from napari_medgen3d._layers import GEOMETRY_KEY, layer_to_volume
+from napari_medgen3d._responsive import hold_collector, release_collector, warm_up
 from napari_medgen3d._results import (
     CT_WINDOWS,
     Display,
@@ -140,6 +142,7 @@ class MedGen3DWidget(Container):
         self._report: Report | None = None  # the running job's latest, for _on_tick
         self._live = LiveLayers(viewer)
         self._tick = _single_shot(UI_INTERVAL_MS, self._on_tick, self.native)
+        warm_up()  # torch, MONAI and napari's first-layer costs, before the first job
 
         self._build_model_section()
         self._build_generate_section()
@@ -529,6 +532,7 @@ class MedGen3DWidget(Container):
         worker.finished.connect(lambda: self._on_finished(worker))
         self._worker = worker
         self._set_busy(True)
+        hold_collector()  # released as the worker finishes
         worker.start()
 
     def _on_progress(self, report: Report, worker: Any) -> None:
@@ -578,14 +582,16 @@ class MedGen3DWidget(Container):
         log.error("MedGen3D job failed", exc_info=exc)
 
     def _on_finished(self, worker: Any) -> None:
-        if worker is not self._worker:
-            return
-        self._worker = None
-        self._report = None
-        self._tick.stop()
-        self._live.discard()
-        self._set_busy(False)
-        pending, self._pending = self._pending, None
+        ours = worker is self._worker
+        if ours:
+            self._worker = None
+            self._report = None
+            self._tick.stop()
+            # napari runs a full garbage collection per removed layer: quick while held
+            self._live.discard()
+            self._set_busy(False)
+        release_collector()
+        pending, self._pending = (self._pending, None) if ours else (None, self._pending)
         if pending is not None:
             pending()
 

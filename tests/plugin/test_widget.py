@@ -132,6 +132,7 @@ def test_cancel_leaves_layers_as_they_were(widget, qtbot) -> None:
     _wait_idle(qtbot, w)
     assert outcome == ["aborted"]  # cancelled, not failed
     assert [layer.name for layer in viewer.layers] == names
+    assert _collector_released()
 
 
 def test_a_failed_job_removes_its_previews_and_says_why(widget, qtbot) -> None:
@@ -157,6 +158,7 @@ def test_a_failed_job_removes_its_previews_and_says_why(widget, qtbot) -> None:
     _wait_idle(qtbot, w)
     assert any("unexpected ValueError: out of luck" in m for m in messages)
     assert len(viewer.layers) == 0
+    assert _collector_released()
 
 
 def test_a_preview_that_becomes_the_result_is_offered_to_work_on(make_napari_viewer, qtbot) -> None:
@@ -187,6 +189,16 @@ def test_a_preview_that_becomes_the_result_is_offered_to_work_on(make_napari_vie
     assert [layer.name for layer in viewer.layers] == ["made"]
     assert viewer.layers["made"] is preview
     assert w._labels_layer.choices == (preview,)
+
+
+def _collector_released() -> bool:
+    """Whether the cycle collector sees every object again (no job holds it)."""
+    import gc
+
+    from napari_medgen3d import _responsive
+
+    _responsive._THREAD.join(TIMEOUT_MS / 1000)  # the warm-up's imports hold it too
+    return gc.get_freeze_count() == 0
 
 
 def test_bad_model_path_is_a_notification_not_a_crash(widget, qtbot, tmp_path) -> None:
