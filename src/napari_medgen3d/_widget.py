@@ -520,7 +520,10 @@ class MedGen3DWidget(Container):
         display, pause = self._display(), self._live.pause
 
         def job(model: GenerativeModel | None, settings: GenerationSettings | None) -> Generator:
-            returned = yield from display.reports(work(model, settings), pause)
+            try:
+                returned = yield from display.reports(work(model, settings), pause)
+            except RuntimeError as exc:  # torch's errors, out of memory among them
+                raise _JobError() from exc
             return returned if on_result is not None else display.layers(returned)
 
         # errors are shown by _on_error; napari must not also re-raise them
@@ -577,6 +580,8 @@ class MedGen3DWidget(Container):
                 layer.contour = 1 if self._contours.value else 0
 
     def _on_error(self, exc: Exception) -> None:
+        if isinstance(exc, _JobError):
+            exc = exc.__cause__
         self._live.discard()
         show_error(f"MedGen3D: {_describe_error(exc)}")
         log.error("MedGen3D job failed", exc_info=exc)
@@ -755,6 +760,12 @@ def _layer_meta(layer: Any) -> dict[str, Any]:
         "scale": tuple(layer.scale),
         "translate": tuple(layer.translate),
     }
+
+
+class _JobError(Exception):
+    """A job's ``RuntimeError``, carried out of the worker as its ``__cause__``: napari
+    takes a ``RuntimeError`` for a deleted worker and then reports neither the error nor
+    the end of the job, which would leave the widget busy for good."""
 
 
 def _describe_error(exc: Exception) -> str:
