@@ -37,7 +37,7 @@ TOOLTIPS = {
     "cancel": "Stop the running job after the current step; the layers stay as they were.",
     "export_dir": "Folder to export the current pair into.",
     "volume_3d": "In 3D, show the images as volume renderings beside the organ surfaces.",
-    "progress": "Progress of the running job (also in napari's activity dock).",
+    "progress": "Progress of the running job; Cancel beside it stops it between steps.",
     "window": "Contrast of the chosen Image layer: auto is the soft-tissue window for CT and "
     "the 1st-99.5th percentiles for MRI; or a CT window (soft tissue, lung, bone, brain).",
     "export_format": "NIfTI: image, label map and JSON sidecar. DICOM: a CT or MR series and "
