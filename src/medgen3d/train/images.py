@@ -1,7 +1,7 @@
 """Training of stage 2, the image sequence generator: adversarial, with L1 and feature matching.
 
 Each step draws sequences of ``L`` slices from the bank. Their first ``k`` ground-truth
-slices are the context, exactly what the pipeline gives at inference, where the first ``k``
+slices are the context, exactly what ``generate_images`` gives at inference, where the first ``k``
 slices of a sequence are the last ``k`` of the one generated before it. With probability
 ``first_probability`` a sample's context is dropped and its "first sequence" flag set, so
 the same network also starts a volume.
