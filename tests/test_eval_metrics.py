@@ -78,6 +78,24 @@ def test_frechet_distance_is_float64_accurate_for_float32_input():
     assert frechet_distance(x.float(), x.float() + 1.0) == pytest.approx(6.0, rel=1e-6)
 
 
+def test_frechet_distance_survives_monai_refusing_an_imaginary_square_root(monkeypatch):
+    """When scipy's sqrtm leaves an imaginary part MONAI refuses (few, nearly degenerate
+    rows), the distance comes from the eigenvalues of the covariance product instead, and
+    it is the same distance: equal to MONAI's on sets where MONAI succeeds."""
+    from medgen3d.evaluation import metrics
+
+    real, synthetic = _features(30, 8, seed=4), 1.5 * _features(12, 8, seed=5) + 0.3
+    expected = frechet_distance(real, synthetic)
+
+    class Refusing:
+        def __call__(self, y_pred, y):
+            raise ValueError("Imaginary component 0.0046 too high.")
+
+    monkeypatch.setattr(metrics, "FIDMetric", Refusing)
+    assert frechet_distance(real, synthetic) == pytest.approx(expected, rel=1e-9)
+    assert frechet_distance(real, real) == pytest.approx(0.0, abs=1e-9)
+
+
 @pytest.mark.parametrize(
     ("real_shape", "synthetic_shape"),
     [((10, 1), (10, 1)), ((1, 4), (10, 4)), ((10, 4), (10, 5)), ((10,), (10,))],
