@@ -127,19 +127,6 @@ def test_seeded_training_is_bit_identical_and_the_seed_matters(
     assert not all(torch.equal(first[name], third[name]) for name in first)
 
 
-def test_slices_are_drawn_balanced_over_labels() -> None:
-    """A label on one slice of 100 is drawn for about a third of the batch (any slice,
-    label 1, label 2), not one slice in a hundred."""
-    from medgen3d.evaluation.segmenter import _AxialSlices
-
-    label = np.ones((100, 8, 8), np.uint8)
-    label[37, 2:4, 2:4] = 2
-    slices = _AxialSlices([(np.zeros((100, 8, 8), np.float32), label)], num_classes=4)
-    _, drawn = slices.draw(3000, torch.Generator().manual_seed(0))
-    rare = (drawn == 2).flatten(1).any(1).float().mean().item()
-    assert rare == pytest.approx(1 / 3 + 2 / 300, abs=0.04)
-
-
 def test_volumes_of_different_sizes_train_together() -> None:
     small, large = _case(1, (8, 24, 20)), _case(2, (10, 32, 32))
     settings = SegmenterSettings(steps=2, batch_size=4)

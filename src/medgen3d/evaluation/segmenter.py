@@ -286,14 +286,11 @@ def train_segmenter(
 ) -> ProgressGenerator[Segmenter]:
     """Train a segmenter on axial slices of image/label pairs.
 
-    Each step draws ``settings.batch_size`` axial slices, balanced over labels (with
-    replacement, a generator seeded from ``(seed, step)``), and takes one AdamW step on
-    MONAI's ``DiceCELoss``. Balanced as MONAI's ``RandCropByLabelClasses`` balances crops:
-    each slice is drawn for one of "any slice" and the labels present, chosen uniformly, so
-    a structure on a few slices of a few volumes (a CT's optic chiasm, a brain's amygdala)
-    is seen in every few batches instead of every few hundred. The Dice term is taken over
-    the whole batch rather than per slice, since most slices lack most labels. Slices are
-    not flipped or otherwise augmented: a mirrored slice would swap left and right organs.
+    Each step draws ``settings.batch_size`` axial slices uniformly (with replacement) from
+    all slices of all volumes, with a generator seeded from ``(seed, step)``, and takes one
+    AdamW step on MONAI's ``DiceCELoss``. The Dice term is taken over the whole batch
+    rather than per slice, since most slices lack most labels. Slices are not flipped or
+    otherwise augmented: a mirrored slice would swap left and right organs.
 
     Volumes may differ in size: every slice is padded at its far ends (images with -1,
     labels with background) to the largest ``H`` and ``W`` rounded up to a multiple of 8.
@@ -319,7 +316,7 @@ def train_segmenter(
             ``0..num_classes-1``.
     """
     _check_num_classes(num_classes)
-    slices = _AxialSlices(_check_pairs(images, labels, num_classes), num_classes)
+    slices = _AxialSlices(_check_pairs(images, labels, num_classes))
     segmenter = Segmenter.create(num_classes, settings, device)
     loss_function = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
     optimizer = torch.optim.AdamW(segmenter.network.parameters(), lr=settings.learning_rate)
@@ -371,7 +368,7 @@ class _AxialSlices:
     used in place, without a copy.
     """
 
-    def __init__(self, pairs: list[tuple[np.ndarray, np.ndarray]], num_classes: int) -> None:
+    def __init__(self, pairs: list[tuple[np.ndarray, np.ndarray]]) -> None:
         size = [
             -(-max(image.shape[axis] for image, _ in pairs) // _FACTOR) * _FACTOR for axis in (1, 2)
         ]
@@ -381,35 +378,16 @@ class _AxialSlices:
         self.labels = [_plain(pad_label(torch.from_numpy(label))) for _, label in pairs]
         # Slice k of all volumes in a row is slice k - offsets[i] of volume i.
         self.offsets = np.cumsum([0] + [image.shape[0] for image, _ in pairs])
-        # The slices to draw from for "any slice", then for each label present somewhere.
-        every = np.arange(int(self.offsets[-1]))
-        holding = np.concatenate([_labels_per_slice(label, num_classes) for _, label in pairs])
-        self.pools = [every] + [every[row] for row in holding.T[1:] if row.any()]
 
     def draw(self, batch_size: int, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """``batch_size`` slices balanced over labels, with replacement: images
-        ``(N, 1, H, W)`` float32 and labels ``(N, 1, H, W)`` int64."""
-        pools = torch.randint(len(self.pools), (batch_size,), generator=rng).tolist()
-        within_pool = torch.rand(batch_size, generator=rng, dtype=torch.float64).tolist()
-        picks = np.array(
-            [
-                self.pools[p][int(u * len(self.pools[p]))]
-                for p, u in zip(pools, within_pool, strict=True)
-            ]
-        )
+        """``batch_size`` slices, uniformly with replacement: images ``(N, 1, H, W)``
+        float32 and labels ``(N, 1, H, W)`` int64."""
+        picks = torch.randint(int(self.offsets[-1]), (batch_size,), generator=rng).numpy()
         volumes = np.searchsorted(self.offsets, picks, side="right") - 1
         within = picks - self.offsets[volumes]
         x = torch.stack([self.images[v][k] for v, k in zip(volumes, within, strict=True)])
         y = torch.stack([self.labels[v][k] for v, k in zip(volumes, within, strict=True)])
         return x.unsqueeze(1), y.unsqueeze(1).long()
-
-
-def _labels_per_slice(label: np.ndarray, num_classes: int) -> np.ndarray:
-    """``(Z, num_classes)`` bool: which labels each axial slice of ``label`` holds."""
-    flat = label.reshape(len(label), -1).astype(np.int64)
-    offsets = np.arange(len(label))[:, None] * num_classes
-    counts = np.bincount((flat + offsets).ravel(), minlength=len(label) * num_classes)
-    return counts.reshape(len(label), num_classes) > 0
 
 
 def _one_hot(label_map: np.ndarray, num_classes: int) -> torch.Tensor:
