@@ -9,6 +9,7 @@ a run on N processes follow the run on one.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,6 +95,13 @@ class CaseBank:
         depths = [image.shape[0] for image in self.images]
         return {"min": min(depths), "median": int(np.median(depths)), "max": max(depths)}
 
+    @functools.cached_property
+    def label_counts(self) -> np.ndarray:
+        """``(cases, C)`` int64: the voxels of each channel in each case (counted once)."""
+        return np.stack(
+            [np.bincount(labels.ravel(), minlength=self.num_classes) for labels in self.labels]
+        )
+
     def anatomy_ranges(
         self, spacing: Sequence[float] | None, names: Sequence[str]
     ) -> dict[str, dict[str, list[float]]]:
@@ -107,11 +115,10 @@ class CaseBank:
         """
         spacing = np.asarray(spacing if spacing is not None else (1.0, 1.0, 1.0), float)
         extents, volumes = [], {name: [] for name in names[1:]}
-        for labels in self.labels:
+        for labels, counts in zip(self.labels, self.label_counts, strict=True):
             where = np.argwhere(labels > 0)
             if len(where):
                 extents.append((where.max(0) - where.min(0) + 1) * spacing)
-            counts = np.bincount(labels.ravel(), minlength=len(names))
             for channel, name in enumerate(names[1:], start=1):
                 if counts[channel]:
                     volumes[name].append(counts[channel] * spacing.prod() / 1000.0)

@@ -72,7 +72,6 @@ class MaskTask(TrainingTask):
             raise InputError("MC-DPM needs sequences of at least 2 slices (data.sequence_length)")
         self.model = model
         self.networks = {"network": OptimisedNetwork(model.network, settings, runtime)}
-        self._label_weights: tuple[CaseBank, torch.Tensor] | None = None
 
     def make_batch(
         self, bank: CaseBank, batch_size: int, rng: torch.Generator
@@ -85,9 +84,10 @@ class MaskTask(TrainingTask):
         drawn = bank.sample_sequences(batch_size, model.length, rng)
         clean = labels_to_signal(drawn["label"], model.num_classes)
         dropped = torch.rand(batch_size, generator=rng) < model.config.position_dropout
+        weights = label_weights(bank.label_counts.sum(0), model.config.label_weighting)
         return {
             "clean": clean,
-            "weight": self._weights_of(bank)[drawn["label"]],
+            "weight": weights[drawn["label"]],
             "noise": torch.randn(clean.shape, generator=rng),
             "timesteps": model.diffusion.sample_timesteps(batch_size, rng),
             "known": draw_known_slices(batch_size, model.length, model.overlap, rng),
@@ -108,16 +108,6 @@ class MaskTask(TrainingTask):
 
     def model_config(self) -> dict[str, Any]:
         return self.model.config.to_dict()
-
-    def _weights_of(self, bank: CaseBank) -> torch.Tensor:
-        """The per-label loss weights for ``bank`` (computed once per bank)."""
-        if self._label_weights is None or self._label_weights[0] is not bank:
-            counts = sum(
-                np.bincount(labels.ravel(), minlength=bank.num_classes) for labels in bank.labels
-            )
-            weights = label_weights(counts, self.model.config.label_weighting)
-            self._label_weights = (bank, weights)
-        return self._label_weights[1]
 
 
 def label_weights(counts: np.ndarray, exponent: float) -> torch.Tensor:
