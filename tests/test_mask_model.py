@@ -10,6 +10,7 @@ import torch
 
 from medgen3d.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from medgen3d.diffusion import Diffusion
+from medgen3d.errors import InputError
 from medgen3d.labels import bundled_table
 from medgen3d.preprocessing import Preprocessing
 from medgen3d.recipe import DataSpec
@@ -17,6 +18,7 @@ from medgen3d.stages.masks import (
     NO_POSITION,
     MaskDiffusionModel,
     MaskNetworkConfig,
+    label_weights,
     labels_to_signal,
 )
 
@@ -95,6 +97,7 @@ def test_config_is_resolved_with_defaults_and_round_trips() -> None:
         ({"position_dropout": 2.0}, "position_dropout"),
         ({"diffusion": {"objective": "magic"}}, "objective"),
         ({"diffusion": {"steps": 10}}, "diffusion"),
+        ({"label_weighting": 0.5, "diffusion": {"objective": "ddpm"}}, "label_weighting"),
     ],
 )
 def test_bad_config_names_the_key(config: dict, key: str) -> None:
@@ -219,3 +222,48 @@ def test_a_checkpoint_from_before_coordinates_loads_without_them(tmp_path: Path)
     model.network.eval()
     inputs = _inputs()
     assert torch.equal(_predict(model, inputs), _predict(loaded, inputs))
+
+
+def _weighted_checkpoint(model: MaskDiffusionModel, provenance: dict) -> Checkpoint:
+    config = {
+        "data": DATA.to_dict(),
+        "model": {**model.config.to_dict(), "label_weighting": 0.5},
+        "provenance": provenance,
+    }
+    return Checkpoint("masks", config, {"network": model.network.state_dict()})
+
+
+def test_sampling_divides_the_label_weighting_back_out(tmp_path: Path) -> None:
+    """A loss that weighs label k by w_k is minimised by the weighted posterior
+    q = p w / sum(p w); the estimate sampling uses must recover p from it exactly."""
+    frequency = [0.9, 0.06, 0.03, 0.01] + [0.0] * (len(TABLE) - 4)
+    model = _build()
+    save_checkpoint(_weighted_checkpoint(model, {"label_frequency": frequency}), tmp_path / "w.pt")
+    loaded = MaskDiffusionModel.from_checkpoint(load_checkpoint(tmp_path / "w.pt", "masks"))
+    weights = label_weights(frequency, 0.5)
+    torch.testing.assert_close(loaded.label_weights, weights)
+    assert weights[3] / weights[0] == pytest.approx(90**0.5)  # (0.9 / 0.01) ** 0.5
+
+    posterior = torch.softmax(torch.randn(2, len(TABLE), 4, 8, 8), dim=1)
+    weighted = posterior * weights.view(1, -1, 1, 1, 1)
+    weighted = weighted / weighted.sum(dim=1, keepdim=True)
+    scale = loaded.diffusion.input_scale
+    loaded.network = lambda *args: scale * (2 * weighted - 1)  # the weighted loss's minimiser
+    inputs = _inputs()
+    torch.testing.assert_close(loaded.estimate(**inputs), scale * (2 * posterior - 1))
+    assert not torch.allclose(scale * (2 * weighted - 1), scale * (2 * posterior - 1))
+
+
+def test_an_unweighted_model_estimates_with_its_network_unchanged() -> None:
+    model = _build()
+    model.network.eval()
+    inputs = _inputs()
+    assert model.label_weights is None
+    with torch.no_grad():
+        assert torch.equal(model.estimate(**inputs), _predict(model, inputs))
+
+
+def test_a_weighted_model_without_recorded_frequencies_is_refused(tmp_path: Path) -> None:
+    save_checkpoint(_weighted_checkpoint(_build(), {}), tmp_path / "w.pt")
+    with pytest.raises(InputError, match="label_frequency"):
+        MaskDiffusionModel.from_checkpoint(load_checkpoint(tmp_path / "w.pt", "masks"))

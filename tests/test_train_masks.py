@@ -27,14 +27,18 @@ from medgen3d.preprocessing import Preprocessing
 from medgen3d.progress import drain
 from medgen3d.recipe import DataSpec, Recipe, StageRecipe, TrainingSettings, load_recipe
 from medgen3d.runtime import Runtime
-from medgen3d.stages.masks import MaskDiffusionModel, MaskNetworkConfig, sample_mask_volume
+from medgen3d.stages.masks import (
+    MaskDiffusionModel,
+    MaskNetworkConfig,
+    label_weights,
+    sample_mask_volume,
+)
 from medgen3d.train.bank import CaseBank
 from medgen3d.train.loop import fit, step_rng
 from medgen3d.train.masks import (
     PATTERNS,
     build_task,
     draw_known_slices,
-    label_weights,
     masked_mse,
 )
 from medgen3d.train.run import train_stage
@@ -123,6 +127,33 @@ def test_training_lowers_the_loss_and_matches_label_statistics(trained, bank: Ca
     after, before = distance(model), distance(untrained)
     assert after < 0.5 * before
     assert after < 0.2
+
+
+@pytest.mark.slow
+def test_label_weighted_training_samples_the_unweighted_statistics(
+    phantoms: Path, bank: CaseBank, tmp_path: Path
+) -> None:
+    """Weighted training records the label frequencies; sampling divides the weights out,
+    so rare labels come out at their true share, where the weighted estimate inflates them."""
+    weighted = {**MODEL, "label_weighting": 0.5}
+    recipe = Recipe(DATA, {"masks": StageRecipe(weighted, SETTINGS)})
+    torch.manual_seed(0)
+    drain(train_stage("masks", phantoms, recipe, tmp_path / "w.pt", device="cpu", runtime=CPU))
+    checkpoint = load_checkpoint(tmp_path / "w.pt", "masks")
+    np.testing.assert_allclose(
+        checkpoint.config["provenance"]["label_frequency"], bank.label_frequency
+    )
+    model = MaskDiffusionModel.from_checkpoint(checkpoint)
+    truth = _fractions(bank.labels)
+
+    def error(m: MaskDiffusionModel) -> float:
+        volume = drain(sample_mask_volume(m, DEPTH, seed=0, steps=10, size=(SIZE, SIZE)))
+        return float(np.abs(_fractions(volume) - truth).sum())
+
+    corrected = error(model)
+    model.label_weights = None  # sample from the weighted estimate as it is
+    assert corrected < 0.2
+    assert corrected < 0.7 * error(model)
 
 
 @pytest.mark.slow

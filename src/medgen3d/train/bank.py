@@ -102,6 +102,13 @@ class CaseBank:
             [np.bincount(labels.ravel(), minlength=self.num_classes) for labels in self.labels]
         )
 
+    @functools.cached_property
+    def label_frequency(self) -> np.ndarray:
+        """``(C,)`` each channel's share of all voxels: the mask loss weighs labels by it,
+        and checkpoints record it, so sampling can divide those weights out again."""
+        counts = self.label_counts.sum(0)
+        return counts / counts.sum()
+
     def anatomy_ranges(
         self, spacing: Sequence[float] | None, names: Sequence[str]
     ) -> dict[str, dict[str, list[float]]]:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 
 from medgen3d.errors import InputError
@@ -31,6 +30,7 @@ from medgen3d.stages.masks import (
     NO_POSITION,
     MaskDiffusionModel,
     MaskNetworkConfig,
+    label_weights,
     labels_to_signal,
 )
 from medgen3d.train.bank import CaseBank
@@ -41,7 +41,6 @@ __all__ = [
     "MaskTask",
     "build_task",
     "draw_known_slices",
-    "label_weights",
     "masked_mse",
 ]
 
@@ -84,7 +83,7 @@ class MaskTask(TrainingTask):
         drawn = bank.sample_sequences(batch_size, model.length, rng)
         clean = labels_to_signal(drawn["label"], model.num_classes)
         dropped = torch.rand(batch_size, generator=rng) < model.config.position_dropout
-        weights = label_weights(bank.label_counts.sum(0), model.config.label_weighting)
+        weights = label_weights(bank.label_frequency, model.config.label_weighting)
         return {
             "clean": clean,
             "weight": weights[drawn["label"]],
@@ -108,18 +107,6 @@ class MaskTask(TrainingTask):
 
     def model_config(self) -> dict[str, Any]:
         return self.model.config.to_dict()
-
-
-def label_weights(counts: np.ndarray, exponent: float) -> torch.Tensor:
-    """Per-label voxel weights ``frequency ** -exponent``, normalised so that the mean weight
-    over the voxels counted is 1 (labels never seen get the largest seen weight)."""
-    frequency = counts / counts.sum()
-    seen = frequency > 0
-    weights = np.ones_like(frequency)
-    weights[seen] = frequency[seen] ** -exponent
-    weights[~seen] = weights[seen].max()
-    weights /= (frequency * weights).sum()
-    return torch.from_numpy(weights).float()
 
 
 def draw_known_slices(

@@ -132,6 +132,7 @@ def _train(stage, data_dir, recipe, settings, out, runtime, resume, overwrite, s
         },
         "depth": bank.depth_range(),
         "anatomy": bank.anatomy_ranges(recipe.data.preprocessing.spacing, recipe.data.labels.names),
+        "label_frequency": bank.label_frequency.tolist(),
         "label_intensities": bank.label_intensities(
             recipe.data.preprocessing.window, recipe.data.labels.names
         ),

@@ -14,6 +14,7 @@ from medgen3d.stages.masks.network import (
     MaskDenoiser,
     MaskDiffusionModel,
     MaskNetworkConfig,
+    label_weights,
     labels_to_signal,
 )
 from medgen3d.stages.masks.sampling import generation_order, sample_mask_volume
@@ -25,6 +26,7 @@ __all__ = [
     "MaskDiffusionModel",
     "MaskNetworkConfig",
     "generation_order",
+    "label_weights",
     "labels_to_signal",
     "sample_mask_volume",
 ]

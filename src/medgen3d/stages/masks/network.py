@@ -26,9 +26,11 @@ The denoiser is MONAI's ``DiffusionModelUNet`` in one of two layouts (the ``"lay
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from monai.networks.nets import DiffusionModelUNet
 from monai.networks.nets.diffusion_model_unet import get_timestep_embedding
@@ -37,6 +39,7 @@ from torch import nn
 
 from medgen3d.checkpoint import Checkpoint
 from medgen3d.diffusion import Diffusion
+from medgen3d.errors import InputError
 from medgen3d.recipe import DataSpec
 from medgen3d.stages.config import NetworkConfig, positive_int
 
@@ -48,6 +51,7 @@ __all__ = [
     "MaskNetworkConfig",
     "PositionEmbedding",
     "PositionalDiffusionUNet",
+    "label_weights",
     "labels_to_signal",
 ]
 
@@ -80,11 +84,14 @@ class MaskNetworkConfig(NetworkConfig):
         diffusion: objective and schedule. Clean-sample prediction by default: a 2D network
             must otherwise carry ``L C`` noise channels through its narrow first level
             (see benchmarks/README.md).
-        label_weighting: training only: each voxel's error is weighted by the frequency of
-            its true label to the power ``-label_weighting``, normalised to mean 1 over the
+        label_weighting: each voxel's training error is weighted by the frequency of its
+            true label to the power ``-label_weighting``, normalised to mean 1 over the
             training data. 0 weighs voxels alike, and a loss averaged over all voxels of a
             head-and-neck CT barely notices a 0.05 % parotid; 0.5 makes such a voxel count
-            about 40 times a background one, so small structures are learnt early.
+            about 40 times a background one, so small structures are learnt early. The
+            weighted loss is minimised by a *weighted* posterior, which would draw rare
+            structures many times too large; sampling divides the weights back out
+            (:meth:`MaskDiffusionModel.estimate`), so it needs the ``"x0"`` objective.
     """
 
     SECTION = "masks model"
@@ -146,6 +153,11 @@ class MaskNetworkConfig(NetworkConfig):
             raise ValueError(f"stem_channels must be a positive integer or null, got {stem!r}")
         if not isinstance(self.label_weighting, int | float) or not 0 <= self.label_weighting <= 1:
             raise ValueError(f"label_weighting must be in [0, 1], got {self.label_weighting!r}")
+        if self.label_weighting and self.diffusion.objective != "x0":
+            raise ValueError(
+                "label_weighting is divided out of the clean-sample estimate when sampling, "
+                f"so it needs the 'x0' objective, not {self.diffusion.objective!r}"
+            )
         if not 0.0 <= self.position_dropout <= 1.0:
             raise ValueError(f"position_dropout must be in [0, 1], got {self.position_dropout}")
 
@@ -167,6 +179,20 @@ class MaskNetworkConfig(NetworkConfig):
                     f"{key} {tuple(values)} must be divisible by {factor} for "
                     f"{len(self.channels)} levels (channels)"
                 )
+
+
+def label_weights(counts: Sequence[float] | np.ndarray, exponent: float) -> torch.Tensor:
+    """Per-label voxel weights ``frequency ** -exponent`` from voxel counts (or frequencies)
+    per label, normalised so that the mean weight over the voxels counted is 1 (labels never
+    seen get the largest seen weight)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    frequency = counts / counts.sum()
+    seen = frequency > 0
+    weights = np.ones_like(frequency)
+    weights[seen] = frequency[seen] ** -exponent
+    weights[~seen] = weights[seen].max()
+    weights /= (frequency * weights).sum()
+    return torch.from_numpy(weights).float()
 
 
 def labels_to_signal(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -316,6 +342,8 @@ class MaskDiffusionModel:
         overlap: ``k``, slices shared by neighbouring sequences.
         size: in-plane ``(H, W)`` it was trained on, ``None`` when the data had no fixed size.
         config: the network config.
+        label_weights: ``(C,)`` the weight its training loss gave each label
+            (:func:`label_weights`), ``None`` when it weighed voxels alike.
     """
 
     network: MaskDenoiser
@@ -324,6 +352,7 @@ class MaskDiffusionModel:
     overlap: int
     size: tuple[int, int] | None
     config: MaskNetworkConfig
+    label_weights: torch.Tensor | None = None
 
     @property
     def diffusion(self) -> Diffusion:
@@ -355,13 +384,55 @@ class MaskDiffusionModel:
 
         A checkpoint stores its resolved config, so a key it lacks did not exist when it was
         written: such models were built without coordinate channels and without a stem.
+
+        A model trained with ``label_weighting`` takes its weights from the label
+        frequencies its training recorded (provenance ``label_frequency``).
+
+        Raises:
+            InputError: for a label-weighted model that records no label frequencies.
         """
         written = {"coordinates": False, "stem_channels": None, **checkpoint.config["model"]}
         config = MaskNetworkConfig.from_dict(written)
         model = cls.build(DataSpec.from_dict(checkpoint.config["data"]), config)
         model.network.load_state_dict(checkpoint.weights["network"])
         model.network.to(device).eval()
+        if config.label_weighting:
+            frequency = checkpoint.config.get("provenance", {}).get("label_frequency")
+            if frequency is None or len(frequency) != model.num_classes:
+                raise InputError(
+                    "was trained with label_weighting but records no label frequencies "
+                    "(provenance 'label_frequency'), so sampling cannot undo the weighting",
+                    checkpoint.path,
+                )
+            model.label_weights = label_weights(frequency, config.label_weighting).to(device)
         return model
+
+    def estimate(
+        self,
+        x: torch.Tensor,
+        timesteps: torch.Tensor,
+        known_values: torch.Tensor,
+        known: torch.Tensor,
+        position: torch.Tensor,
+    ) -> torch.Tensor:
+        """The network's prediction (arguments as :meth:`MaskDenoiser.forward`), with the
+        training's label weighting divided out.
+
+        Per voxel, a loss weighting label ``k`` by ``w_k`` is minimised by the weighted
+        posterior ``q_k = p_k w_k / sum_j p_j w_j`` instead of the posterior ``p_k``, so the
+        estimate of a weighted model overstates every rare label wherever it is uncertain
+        (sampled organs came out 10-30 times too large). Dividing ``q`` by ``w`` and
+        renormalising recovers ``p`` exactly at the loss minimum: the correction of a
+        class-prior shift ("logit adjustment"), applied to the one-hot estimate.
+        """
+        prediction = self.network(x, timesteps, known_values, known, position)
+        if self.label_weights is None:
+            return prediction
+        scale = self.diffusion.input_scale
+        weighted = ((prediction / scale + 1.0) / 2.0).clamp(min=0.0)
+        posterior = weighted / self.label_weights.view(1, -1, 1, 1, 1).to(weighted.dtype)
+        posterior = posterior / posterior.sum(dim=1, keepdim=True).clamp(min=1e-12)
+        return scale * (2.0 * posterior - 1.0)
 
     @property
     def device(self) -> torch.device:
