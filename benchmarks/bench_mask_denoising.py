@@ -61,7 +61,8 @@ def main() -> None:
         noise = torch.randn(clean.shape, generator=rng)
         noisy, _ = model.diffusion.training_pair(clean, noise, timesteps)
         with torch.no_grad():
-            estimate = model.estimate(noisy, timesteps, clean, known, drawn["position"])
+            prediction = model.network(noisy, timesteps, clean, known, drawn["position"])
+            estimate = model.undo_label_weighting(prediction)
         labels = estimate.argmax(dim=1)
         accuracy = float((labels == truth).float().mean())
         dice = dice_per_label(labels.numpy(), truth.numpy(), len(names))

@@ -91,7 +91,7 @@ class MaskNetworkConfig(NetworkConfig):
             about 40 times a background one, so small structures are learnt early. The
             weighted loss is minimised by a *weighted* posterior, which would draw rare
             structures many times too large; sampling divides the weights back out
-            (:meth:`MaskDiffusionModel.estimate`), so it needs the ``"x0"`` objective.
+            (:meth:`MaskDiffusionModel.undo_label_weighting`), so it needs the ``"x0"`` objective.
     """
 
     SECTION = "masks model"
@@ -407,25 +407,17 @@ class MaskDiffusionModel:
             model.label_weights = label_weights(frequency, config.label_weighting).to(device)
         return model
 
-    def estimate(
-        self,
-        x: torch.Tensor,
-        timesteps: torch.Tensor,
-        known_values: torch.Tensor,
-        known: torch.Tensor,
-        position: torch.Tensor,
-    ) -> torch.Tensor:
-        """The network's prediction (arguments as :meth:`MaskDenoiser.forward`), with the
-        training's label weighting divided out.
+    def undo_label_weighting(self, prediction: torch.Tensor) -> torch.Tensor:
+        """The network's clean-sample ``prediction`` ``(B, C, L, H, W)`` with the training's
+        label weighting divided out (unchanged for a model trained without one).
 
         Per voxel, a loss weighting label ``k`` by ``w_k`` is minimised by the weighted
         posterior ``q_k = p_k w_k / sum_j p_j w_j`` instead of the posterior ``p_k``, so the
         estimate of a weighted model overstates every rare label wherever it is uncertain
-        (sampled organs came out 10-30 times too large). Dividing ``q`` by ``w`` and
+        (sampled organs came out 5-30 times too large). Dividing ``q`` by ``w`` and
         renormalising recovers ``p`` exactly at the loss minimum: the correction of a
         class-prior shift ("logit adjustment"), applied to the one-hot estimate.
         """
-        prediction = self.network(x, timesteps, known_values, known, position)
         if self.label_weights is None:
             return prediction
         scale = self.diffusion.input_scale

@@ -153,7 +153,7 @@ def _sample_sequence(
 
     def predict(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return model.estimate(x, t, values, known[None], position)
+            return model.undo_label_weighting(model.network(x, t, values, known[None], position))
 
     def pin(sample: torch.Tensor, timestep: int) -> None:
         if not known_np.any():
