@@ -46,7 +46,9 @@ def main() -> None:
     flat, solid = out / f"{args.name}_2d.png", out / f"{args.name}_3d.png"
     viewer.screenshot(str(flat), canvas_only=False, flash=False)
 
+    viewer.window.remove_dock_widget("all")  # the 3D view gets the window's width
     viewer.dims.ndisplay = 3
+    viewer.reset_view()
     image.visible = False
     labels.opacity = 0.9
     names = list(labels.features["name"])
@@ -56,10 +58,24 @@ def main() -> None:
     labels.colormap = DirectLabelColormap(color_dict=colours)
     camera = getattr(viewer, "scene", viewer).camera  # napari 0.9: viewer.scene.camera
     camera.angles = (-20, 35, 150)
-    camera.zoom = 1.1
+    _frame(camera, labels, [int(labels.features["index"][names.index(h)]) for h in args.hide])
     shot = viewer.screenshot(str(solid), canvas_only=True, flash=False)
     print(f"wrote {flat} and {solid} (3D std {np.std(shot):.1f})")
     viewer.close()
+
+
+def _frame(camera, labels, hidden: list[int]) -> None:
+    """Centre the camera on the structures shown in 3D and zoom so that they, not the whole
+    (mostly empty) volume, fill the view; ``reset_view`` has fitted the volume."""
+    shown = np.argwhere((labels.data > 0) & ~np.isin(labels.data, hidden))
+    if not len(shown):
+        return
+    low, high = (np.asarray(labels.data_to_world(c)) for c in (shown.min(0), shown.max(0)))
+    whole = np.asarray(labels.data_to_world(np.array(labels.data.shape) - 1)) - np.asarray(
+        labels.data_to_world(np.zeros(3))
+    )
+    camera.center = tuple((low + high) / 2)
+    camera.zoom *= 0.8 * np.abs(whole).max() / max(np.abs(high - low).max(), 1e-6)
 
 
 if __name__ == "__main__":

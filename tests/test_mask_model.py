@@ -98,6 +98,8 @@ def test_config_is_resolved_with_defaults_and_round_trips() -> None:
         ({"diffusion": {"objective": "magic"}}, "objective"),
         ({"diffusion": {"steps": 10}}, "diffusion"),
         ({"label_weighting": 0.5, "diffusion": {"objective": "ddpm"}}, "label_weighting"),
+        ({"shrink_input": 1}, "shrink_input"),
+        ({"shrink_input": True, "diffusion": {"objective": "rflow"}}, "shrink_input"),
     ],
 )
 def test_bad_config_names_the_key(config: dict, key: str) -> None:
@@ -264,3 +266,30 @@ def test_a_weighted_model_without_recorded_frequencies_is_refused(tmp_path: Path
     save_checkpoint(_weighted_checkpoint(_build(), {}), tmp_path / "w.pt")
     with pytest.raises(InputError, match="label_frequency"):
         MaskDiffusionModel.from_checkpoint(load_checkpoint(tmp_path / "w.pt", "masks"))
+
+
+def test_shrink_input_hides_pure_noise_from_the_network() -> None:
+    """With shrink_input the noisy input is scaled by the least-squares gain: about 1/b when
+    clean, ~0 at the last timestep, so there two noise draws give the same estimate."""
+    scaled = {"diffusion": {"objective": "x0", "schedule": "cosine", "input_scale": 0.25}}
+    torch.manual_seed(0)
+    config = MaskNetworkConfig.from_dict({**TINY, **scaled, "shrink_input": True})
+    model = MaskDiffusionModel.build(DATA, config)
+    with torch.no_grad():
+        for parameter in model.network.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+    model.network.eval()
+    gain = model.network.input_gain
+    alpha_bar = config.diffusion.alphas_cumprod()
+    assert float(gain[0]) == pytest.approx(4.0, rel=1e-2) and float(gain[-1]) < 1e-3
+    assert float((gain * (1 - alpha_bar).sqrt()).max()) == pytest.approx(0.5, abs=1e-3)
+    assert "input_gain" not in model.network.state_dict()
+
+    def estimates(t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        first, second = _inputs(seed=1), _inputs(seed=2)
+        second = {**first, "x": second["x"]}  # the same conditions, other noise
+        first["timesteps"] = second["timesteps"] = torch.full((2,), t)
+        return _predict(model, first), _predict(model, second)
+
+    torch.testing.assert_close(*estimates(999), atol=1e-4, rtol=0)
+    assert not torch.allclose(*estimates(0), atol=1e-2)

@@ -110,6 +110,17 @@ class Diffusion:
         targets = {"ddpm": noise, "x0": clean, "rflow": clean - noise}
         return noisy, targets[self.objective]
 
+    def alphas_cumprod(self) -> torch.Tensor:
+        """``(T,)`` alpha-bar of each timestep of the DDPM noise schedule (how much of the
+        scaled clean sample a noisy one keeps: ``x_t = sqrt(a) x0 + sqrt(1 - a) noise``).
+
+        Raises:
+            ValueError: for the ``"rflow"`` objective, which has no such schedule.
+        """
+        if self.objective == "rflow":
+            raise ValueError("a rectified flow has no DDPM noise schedule")
+        return self._make_scheduler(self.objective).alphas_cumprod
+
     # ---- sampling -----------------------------------------------------------------------
     @property
     def default_sampler(self) -> str:

@@ -81,6 +81,17 @@ class MaskNetworkConfig(NetworkConfig):
             ``L C``; ``None`` feeds them to the UNet's 3x3 convolutions directly. With many
             labels those two 3x3 convolutions cost more than the rest of the network
             (benchmarks/README.md, "Where a mask step's time goes").
+        shrink_input: feed the network its noisy input scaled by the gain of the linear
+            least-squares estimate of the clean sample at that timestep,
+            ``sqrt(a) b / (a b^2 + 1 - a)`` (``a`` = alpha-bar, ``b`` = the diffusion's
+            input_scale): about ``1 / b`` when nearly clean, falling to 0 where the input is
+            all noise, so the noise reaching the network never exceeds half the signal's
+            unit scale. Without it a network that has not learnt to ignore its input at high
+            noise reads a layout into the noise itself (the head-and-neck masks at 6300
+            steps: their estimate from pure noise varied between noise draws nearly as much
+            as across the slice, `benchmarks/README.md`), and each sample puts the body
+            wherever its noise suggests; with it, nearly pure noise leaves only position and
+            coordinates to go by, so the estimate there is the data's mean layout.
         diffusion: objective and schedule. Clean-sample prediction by default: a 2D network
             must otherwise carry ``L C`` noise channels through its narrow first level
             (see benchmarks/README.md).
@@ -105,6 +116,7 @@ class MaskNetworkConfig(NetworkConfig):
     position_dropout: float = 0.15
     coordinates: bool = True
     stem_channels: int | None = None
+    shrink_input: bool = False
     diffusion: Diffusion = field(default_factory=lambda: Diffusion(objective="x0"))
     label_weighting: float = 0.0
 
@@ -153,6 +165,10 @@ class MaskNetworkConfig(NetworkConfig):
             raise ValueError(f"stem_channels must be a positive integer or null, got {stem!r}")
         if not isinstance(self.label_weighting, int | float) or not 0 <= self.label_weighting <= 1:
             raise ValueError(f"label_weighting must be in [0, 1], got {self.label_weighting!r}")
+        if not isinstance(self.shrink_input, bool):
+            raise ValueError(f"shrink_input must be true or false, got {self.shrink_input!r}")
+        if self.shrink_input and self.diffusion.objective == "rflow":
+            raise ValueError("shrink_input needs a DDPM noise schedule, not the 'rflow' objective")
         if self.label_weighting and self.diffusion.objective != "x0":
             raise ValueError(
                 "label_weighting is divided out of the clean-sample estimate when sampling, "
@@ -277,6 +293,8 @@ class MaskDenoiser(nn.Module):
         # Identity when there is no stem: the state dict (and old checkpoints) stay unchanged.
         self.stem = nn.Identity() if stem is None else conv(in_channels, stem, 1)
         self.head = nn.Identity() if stem is None else conv(stem, out_channels, 1)
+        # Not in the state dict: derived from the config, so checkpoints stay unchanged.
+        self.register_buffer("input_gain", _input_gain(config), persistent=False)
         self.unet = PositionalDiffusionUNet(
             spatial_dims=spatial_dims,
             in_channels=in_channels if stem is None else stem,
@@ -309,6 +327,8 @@ class MaskDenoiser(nn.Module):
             The prediction, ``(B, C, L, H, W)``.
         """
         b, c, length, h, w = x.shape
+        if self.input_gain is not None:
+            x = x * self.input_gain[timesteps.long()].to(x.dtype).view(b, 1, 1, 1, 1)
         indicator = known.to(x.dtype)[:, None, :, None, None]
         given = known_values * indicator
         packed = torch.cat([x, given, indicator.expand(b, 1, length, h, w)], dim=1)
@@ -318,6 +338,16 @@ class MaskDenoiser(nn.Module):
             packed = torch.cat([packed, _plane_coordinates(packed)], dim=1)
         out = self.head(self.unet(self.stem(packed), timesteps, position))
         return out.reshape(b, c, length, h, w)
+
+
+def _input_gain(config: MaskNetworkConfig) -> torch.Tensor | None:
+    """Per timestep, the gain of the linear least-squares estimate of the (unscaled) clean
+    sample from the noisy one (``shrink_input``); ``None`` without it."""
+    if not config.shrink_input:
+        return None
+    alpha_bar = config.diffusion.alphas_cumprod().double()
+    scale = config.diffusion.input_scale
+    return (alpha_bar.sqrt() * scale / (alpha_bar * scale**2 + 1.0 - alpha_bar)).float()
 
 
 def _plane_coordinates(packed: torch.Tensor) -> torch.Tensor:
