@@ -8,8 +8,10 @@ to timestep t, asks the model for the clean sequence (no known slices, position 
 prints per t the voxel accuracy of its arg-max, the mean Dice over labels, and each
 label's share of the voxels in the truth and in the estimate (and per-label Dice at the
 last, least noisy t). A model that cannot name a label at t = 100 (little noise)
-has not learnt it, whatever its loss says; sampling cannot draw it either. Run by hand,
-never in CI.
+has not learnt it, whatever its loss says; sampling cannot draw it either. Last, from pure
+noise: how much the estimate varies between noise draws against how much its mean layout
+varies across the slice (a model that reads a layout into noise draws the body wherever
+its noise suggests). Run by hand, never in CI.
 """
 
 from __future__ import annotations
@@ -71,6 +73,29 @@ def main() -> None:
             _shares(labels, names),
         )
     print("Dice at t=100", " ".join(f"{n}={d:.2f}" for n, d in zip(names[1:], dice, strict=True)))
+    _noise_reading(model)
+
+
+def _noise_reading(model, draws: int = 6) -> None:
+    """Whether the model reads a layout into noise: from pure noise (no known slice, middle
+    position) its estimate of "not background" should be the data's mean layout whatever
+    the draw, at least at t = 999, where the input holds no signal at all."""
+    shape = (1, model.num_classes, model.length, *model.size)
+    known, nothing = torch.zeros(1, model.length, dtype=torch.bool), torch.zeros(shape)
+    position, scale = torch.tensor([0.5]), model.diffusion.input_scale
+    for t in TIMESTEPS:
+        foreground = []
+        for draw in range(draws):
+            noise = torch.randn(shape, generator=torch.Generator().manual_seed(draw))
+            with torch.no_grad():
+                prediction = model.network(noise, torch.tensor([t]), nothing, known, position)
+            probability = (model.undo_label_weighting(prediction) / scale + 1) / 2
+            foreground.append(1 - probability[0, 0].numpy())
+        foreground = np.stack(foreground)
+        print(
+            f"from noise t={t:4d}: spread between draws {foreground.std(0).mean():.3f}, "
+            f"of the mean layout across the slice {foreground.mean(0).std():.3f}"
+        )
 
 
 def _shares(labels: torch.Tensor, names: tuple[str, ...]) -> str:
