@@ -18,6 +18,7 @@ import dataclasses
 import numpy as np
 import torch
 
+from medgen3d.evaluation.anatomy import mask_anatomy
 from medgen3d.generate import generate_masks
 from medgen3d.model import load_model
 from medgen3d.progress import drain
@@ -42,11 +43,11 @@ def main() -> None:
     volumes = []
     for seed in range(args.samples):
         labels = drain(generate_masks(model, dataclasses.replace(settings, seed=seed)))
-        voxel_ml = abs(np.linalg.det(labels.affine[:3, :3])) / 1000.0
-        volumes.append([(labels.data == v).sum() * voxel_ml for v in table.values])
+        channels = table.to_channels(labels.data, f"sample {seed}")
+        volumes.append(mask_anatomy(channels, len(table), labels.spacing).volume_ml)
     seen = model.recorded("anatomy")["volume_ml"]
     print(f"{'structure':28s} " + " ".join(f"seed {s:<4d}" for s in range(args.samples)), "trained")
-    for name, row in zip(table.names[1:], np.array(volumes).T[1:], strict=True):
+    for name, row in zip(table.names[1:], np.array(volumes).T, strict=True):
         low, high = seen.get(name, (float("nan"), float("nan")))
         sampled = " ".join(f"{v:9.1f}" for v in row)
         print(f"{name:28s} {sampled}   {low:.1f}-{high:.1f}")

@@ -430,8 +430,9 @@ class MaskDiffusionModel:
             frequency = checkpoint.config.get("provenance", {}).get("label_frequency")
             if frequency is None or len(frequency) != model.num_classes:
                 raise InputError(
-                    "was trained with label_weighting but records no label frequencies "
-                    "(provenance 'label_frequency'), so sampling cannot undo the weighting",
+                    "was trained with label_weighting but does not record a frequency for "
+                    f"each of its {model.num_classes} labels (provenance 'label_frequency'), "
+                    "so sampling cannot undo the weighting",
                     checkpoint.path,
                 )
             model.label_weights = label_weights(frequency, config.label_weighting).to(device)
