@@ -3,7 +3,10 @@ level, scored against the truth.
 
     python benchmarks/bench_mask_denoising.py RUN_OR_MODEL RECIPE DATA [--cases 4]
 
-Draws sequences from ``--cases`` of the recipe's held-out pairs in DATA, noises them
+Draws sequences from ``--cases`` of the recipe's pairs in DATA (``--split train``, the
+default: the last training cases, on which checkpoints are chosen, so that the held-out
+cases the reports score stay unseen by every choice; ``--split holdout``: the held-out
+ones, as the figures before 2026-11-30's last rows), noises them
 to timestep t, asks the model for the clean sequence (no known slices, position given) and
 prints per t the voxel accuracy of its arg-max, the mean Dice over labels, and each
 label's share of the voxels in the truth and in the estimate (and per-label Dice at the
@@ -40,14 +43,17 @@ def main() -> None:
     parser.add_argument("data", type=Path)
     parser.add_argument("--cases", type=int, default=4)
     parser.add_argument("--sequences", type=int, default=4)
+    parser.add_argument("--split", choices=("train", "holdout"), default="train")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
     model = load_model(args.model).stage("masks")
     recipe = load_recipe(args.recipe)
-    held_out = [c for c in discover_pairs(args.data) if c.name in set(recipe.data.holdout)]
-    with tempfile.TemporaryDirectory() as folder:  # a few held-out cases, without copying
-        for case in held_out[: args.cases]:
+    holdout = set(recipe.data.holdout)
+    cases = [c for c in discover_pairs(args.data) if (c.name in holdout) == (args.split != "train")]
+    chosen = cases[-args.cases :] if args.split == "train" else cases[: args.cases]
+    with tempfile.TemporaryDirectory() as folder:  # a few cases, linked rather than copied
+        for case in chosen:
             for path in (case.image, case.label):
                 (Path(folder) / path.name).symlink_to(path.resolve())
         bank = CaseBank.from_folder(folder, recipe.data)

@@ -234,6 +234,17 @@ def test_evaluate_command_writes_the_report_and_refuses_to_overwrite_it(
     assert "already exists" in capsys.readouterr().err
 
 
+def test_evaluate_command_trains_its_segmenter_as_told(real: Path, tmp_path: Path) -> None:
+    model = write_tiny_model(tmp_path / "model", DATA)
+    out = tmp_path / "report"
+    command = ["evaluate", "--real", str(real), "--synthetic", str(real), "--out", str(out)]
+    command += ["--model", str(model), "--no-downstream", "--steps", "3"]
+    assert main([*command, "--learning-rate", "0.003", "--init-filters", "16"]) == 0
+    settings = Segmenter.load(out / "segmenter.pt").settings
+    assert (settings.steps, settings.learning_rate, settings.init_filters) == (3, 0.003, 16)
+    assert "16 filters), 3 steps, batch 16, learning rate 0.003" in (out / "report.md").read_text()
+
+
 def test_model_holdout_scores_on_those_cases_and_is_the_reference(
     real: Path, segmenter, tmp_path: Path
 ) -> None:

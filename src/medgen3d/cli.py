@@ -413,7 +413,14 @@ def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument("--model", default="demo", help="the model whose grid, window and labels apply")
     p.add_argument("--segmenter", help="a segmenter.pt from an earlier report, instead of training")
-    p.add_argument("--steps", type=int, default=600, help="training steps of each segmenter")
+    # Segmenter training; unset options keep SegmenterSettings' defaults (600 steps, rate
+    # 1e-2, 8 filters: enough for the demo's large labels). Real anatomy with small organs
+    # needs more (scripts/model_report.sh, benchmarks/README.md).
+    p.add_argument("--steps", type=int, help="training steps of each segmenter")
+    p.add_argument("--learning-rate", type=float, help="AdamW learning rate of each segmenter")
+    p.add_argument(
+        "--init-filters", type=int, help="width of each segmenter's first level (a multiple of 8)"
+    )
     p.add_argument("--held-out", type=float, default=0.25, help="fraction of real cases held out")
     p.add_argument("--downstream-real", type=int, default=2, help="real cases, downstream arms")
     p.add_argument("--no-downstream", action="store_true", help="skip the downstream experiment")
@@ -454,8 +461,13 @@ def _run_evaluate(args: argparse.Namespace) -> None:
     data = model.data
     if args.model_holdout and not data.holdout:
         raise InputError(f"model {args.model} lists no held-out cases; drop --model-holdout")
+    segmenter_options = {
+        name: getattr(args, name)
+        for name in ("steps", "learning_rate", "init_filters")
+        if getattr(args, name) is not None
+    }
     settings = EvaluationSettings(
-        segmenter=SegmenterSettings(steps=args.steps),
+        segmenter=SegmenterSettings(**segmenter_options),
         held_out=args.held_out,
         downstream=not args.no_downstream,
         downstream_real=args.downstream_real,

@@ -120,8 +120,9 @@ def _markdown(metrics: dict[str, Any], command: str | None, figures: Sequence[st
         )
     lines += [
         f"Real cases: {cases['real']} ({split}); synthetic cases: {cases['synthetic']}. "
-        f"Segmenters: MONAI SegResNet (2D, axial slices), {seg['steps']} steps, batch "
-        f"{seg['batch_size']}, seed {metrics['settings']['seed']}.",
+        f"Segmenters: MONAI SegResNet (2D, axial slices, {seg['init_filters']} filters), "
+        f"{seg['steps']} steps, batch {seg['batch_size']}, learning rate "
+        f"{seg['learning_rate']:g}, seed {metrics['settings']['seed']}.",
         "",
     ]
     if "samples" in figures:
