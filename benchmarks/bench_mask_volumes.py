@@ -1,13 +1,15 @@
 """How large a mask model draws each structure: whole sampled label volumes against the
 range of the training data.
 
-    python benchmarks/bench_mask_volumes.py MODEL [--samples 2] [--steps 25] [--weighted]
+    python benchmarks/bench_mask_volumes.py MODEL [--samples 2] [--steps 25] [--sampler ddim]
+        [--undo-weighting P]
 
 Samples ``--samples`` whole label volumes (seeds 0, 1, ...) at the model's typical depth and
 prints each structure's volume in ml beside the range its training cases had (recorded in
-the checkpoint). ``--weighted`` samples from the network's estimate as trained, without
-dividing a ``label_weighting`` back out, to show what that correction changes. Uses no
-held-out case. Run by hand, never in CI.
+the checkpoint). ``--undo-weighting`` sets the power of a ``label_weighting`` that
+sampling divides back out (default: the model's; 0 samples the network's estimate as
+trained): the figures to choose a model's ``undo_weighting`` by. Uses no held-out case.
+Run by hand, never in CI.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from medgen3d.evaluation.anatomy import mask_anatomy
 from medgen3d.generate import generate_masks
 from medgen3d.model import load_model
 from medgen3d.progress import drain
-from medgen3d.settings import DEFAULTS, MaskSettings
+from medgen3d.settings import DEFAULTS, MaskSampler, MaskSettings
 
 
 def main() -> None:
@@ -30,15 +32,16 @@ def main() -> None:
     parser.add_argument("model", help="a model name, model folder or training run folder")
     parser.add_argument("--samples", type=int, default=2)
     parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--weighted", action="store_true")
+    parser.add_argument("--sampler", choices=[s.value for s in MaskSampler], default="ddim")
+    parser.add_argument("--undo-weighting", type=float)
     args = parser.parse_args()
     torch.set_num_threads(1)
 
     model = load_model(args.model)
-    if args.weighted:
-        model.stage("masks").label_weights = None
     depth = model.recorded("depth")["median"]
-    settings = dataclasses.replace(DEFAULTS, depth=depth, masks=MaskSettings(steps=args.steps))
+    settings = dataclasses.replace(
+        DEFAULTS, depth=depth, masks=MaskSettings(args.sampler, args.steps, args.undo_weighting)
+    )
     table = model.data.labels
     volumes = []
     for seed in range(args.samples):

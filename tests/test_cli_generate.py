@@ -44,6 +44,16 @@ def test_generate_writes_aligned_pairs_with_sidecars(tiny_model: Path, tmp_path:
         assert sidecar["settings"]["depth"] == 10 and len(sidecar["model"]["sha256"]) == 64
 
 
+def test_undo_weighting_is_recorded_and_checked(
+    tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert _generate(tiny_model, tmp_path / "a", "--undo-weighting", "0.5", "--stage", "masks") == 0
+    sidecar = json.loads((tmp_path / "a" / "sample_0000.json").read_text())
+    assert sidecar["settings"]["masks"]["undo_weighting"] == 0.5
+    assert _generate(tiny_model, tmp_path / "b", "--undo-weighting", "1.5") == 2
+    assert "undo weighting must be in [0, 1], got 1.5" in capsys.readouterr().err
+
+
 def test_sample_i_does_not_depend_on_n(tiny_model: Path, tmp_path: Path) -> None:
     assert _generate(tiny_model, tmp_path / "one", "-n", "1", "--stage", "masks") == 0
     assert _generate(tiny_model, tmp_path / "three", "-n", "3", "--stage", "masks") == 0

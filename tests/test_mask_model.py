@@ -255,6 +255,40 @@ def test_sampling_divides_the_label_weighting_back_out(tmp_path: Path) -> None:
     assert not torch.allclose(minimiser, scale * (2 * posterior - 1))
 
 
+def test_undo_weighting_divides_out_that_power_of_the_weights(tmp_path: Path) -> None:
+    """Power 0 keeps the weighted estimate, 1 recovers the posterior, 0.5 divides by the
+    square root of the weights; the config's power is the default."""
+    frequency = [0.9, 0.06, 0.03, 0.01] + [0.0] * (len(TABLE) - 4)
+    model = _build()
+    checkpoint = _weighted_checkpoint(model, {"label_frequency": frequency})
+    checkpoint.config["model"]["undo_weighting"] = 0.5
+    save_checkpoint(checkpoint, tmp_path / "w.pt")
+    loaded = MaskDiffusionModel.from_checkpoint(load_checkpoint(tmp_path / "w.pt", "masks"))
+    assert loaded.config.undo_weighting == 0.5
+    weighted = torch.softmax(torch.randn(2, len(TABLE), 4, 8, 8), dim=1)
+    scale = loaded.diffusion.input_scale
+    estimate = scale * (2 * weighted - 1)
+
+    def probability(power: float | None) -> torch.Tensor:
+        return (loaded.undo_label_weighting(estimate, power) / scale + 1) / 2
+
+    torch.testing.assert_close(probability(0.0), weighted)
+    half = weighted / loaded.label_weights.view(1, -1, 1, 1, 1) ** 0.5
+    torch.testing.assert_close(probability(0.5), half / half.sum(dim=1, keepdim=True))
+    torch.testing.assert_close(probability(None), probability(0.5))
+    rarest = (
+        probability(0.0)[:, 3].mean(),
+        probability(0.5)[:, 3].mean(),
+        probability(1.0)[:, 3].mean(),
+    )
+    assert rarest[0] > rarest[1] > rarest[2]
+
+
+def test_undo_weighting_outside_0_1_is_refused() -> None:
+    with pytest.raises(ValueError, match="undo_weighting must be in"):
+        MaskNetworkConfig.from_dict({"label_weighting": 0.5, "undo_weighting": 1.5})
+
+
 def test_an_unweighted_model_keeps_its_prediction() -> None:
     model = _build()
     prediction = torch.randn(2, len(TABLE), 4, 8, 8)

@@ -164,6 +164,24 @@ def test_resume_accepts_keys_newer_than_the_checkpoint(bank: CaseBank, tmp_path:
     assert (resumed.start_step, resumed.end_step) == (2, 4)
 
 
+def test_resume_takes_sampling_only_options_from_the_recipe(bank: CaseBank, tmp_path: Path) -> None:
+    """An option only sampling reads may change between resumes; the saved checkpoint
+    then carries the new value."""
+    short = dataclasses.replace(SETTINGS, max_steps=2)
+    first = LabelsToIntensity(short)
+    first.model_config = lambda: {"kind": "1x1 conv", "undo_weighting": 1.0}
+    drain(fit(first, bank, SPEC, short, CPU, tmp_path / "c.pt"))
+    longer = dataclasses.replace(SETTINGS, max_steps=4)
+    changed = LabelsToIntensity(longer)
+    changed.model_config = lambda: {"kind": "1x1 conv", "undo_weighting": 0.5}
+    with pytest.raises(InputError, match="different network configuration"):
+        drain(fit(changed, bank, SPEC, longer, CPU, tmp_path / "c.pt", resume=True))
+    changed.sampling_only = ("undo_weighting",)
+    resumed = drain(fit(changed, bank, SPEC, longer, CPU, tmp_path / "c.pt", resume=True))
+    assert (resumed.start_step, resumed.end_step) == (2, 4)
+    assert load_checkpoint(tmp_path / "c.pt").config["model"]["undo_weighting"] == 0.5
+
+
 def test_batch_must_divide_over_processes(bank: CaseBank, tmp_path: Path) -> None:
     three = Runtime(torch.device("cpu"), rank=0, world_size=3)
     with pytest.raises(InputError, match="does not divide over 3 processes"):

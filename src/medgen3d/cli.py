@@ -198,6 +198,12 @@ def _add_generate(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--sampler", default=DEFAULTS.masks.sampler, choices=choices(MaskSampler))
     p.add_argument(
+        "--undo-weighting",
+        type=float,
+        help="for masks trained with label weighting: the power of the weights divided out "
+        "when sampling, 0-1; lower draws small structures larger (default: the model's)",
+    )
+    p.add_argument(
         "--refine-strength",
         type=float,
         default=DEFAULTS.refiner.strength,
@@ -314,7 +320,7 @@ def _generation_settings(args: argparse.Namespace) -> GenerationSettings:
     """The settings the ``generate`` options give (the depth is the model's unless given)."""
     return GenerationSettings(
         seed=args.seed,
-        masks=MaskSettings(sampler=args.sampler, steps=args.steps),
+        masks=MaskSettings(args.sampler, args.steps, args.undo_weighting),
         refiner=RefineSettings(
             strength=args.refine_strength,
             steps=args.refine_steps,

@@ -108,6 +108,7 @@ def generate_masks(
         seed=stage_seed(settings.seed, "masks"),
         sampler=settings.masks.sampler,
         steps=settings.masks.steps,
+        undo_weighting=settings.masks.undo_weighting,
         size=grid.shape[1:],
         known_labels=known_labels,
         known=known,

@@ -75,15 +75,21 @@ class MaskSettings:
     Attributes:
         sampler: mask sampler.
         steps: denoising steps per sequence.
+        undo_weighting: for a model trained with label weighting, the power of its label
+            weights divided out of its estimates, in [0, 1]: lower draws small structures
+            larger. ``None`` keeps the model's own (its ``undo_weighting``).
     """
 
     sampler: MaskSampler = MaskSampler.DDIM
     steps: int = 25
+    undo_weighting: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sampler", _member(MaskSampler, self.sampler, "mask sampler"))
         if self.steps < 1:
             raise InputError(f"mask steps must be at least 1, got {self.steps}")
+        if self.undo_weighting is not None and not 0.0 <= self.undo_weighting <= 1.0:
+            raise InputError(f"undo weighting must be in [0, 1], got {self.undo_weighting}")
 
 
 @dataclass(frozen=True)

@@ -120,11 +120,14 @@ class TrainingTask(ABC):
         stage: the checkpoint stage name (``"masks"``, ``"images"``, ``"refiner"``).
         networks: name -> :class:`OptimisedNetwork`; all are saved and resumed.
         inference_networks: the names whose weights inference needs.
+        sampling_only: keys of :meth:`model_config` that only sampling reads; a resumed
+            run takes them from the current recipe even where they changed.
     """
 
     stage: str
     networks: dict[str, OptimisedNetwork]
     inference_networks: tuple[str, ...]
+    sampling_only: tuple[str, ...] = ()
 
     @abstractmethod
     def make_batch(
@@ -338,7 +341,9 @@ def _restore(task: TrainingTask, path: Path) -> int:
     checkpoint = load_checkpoint(path, stage=task.stage)
     if checkpoint.training is None:
         raise InputError("holds inference weights only; it cannot be resumed", path)
-    if not _agrees(checkpoint.config.get("model") or {}, task.model_config()):
+    stored = checkpoint.config.get("model") or {}
+    network = {key: value for key, value in stored.items() if key not in task.sampling_only}
+    if not _agrees(network, task.model_config()):
         raise InputError("was trained with a different network configuration; cannot resume", path)
     task.load_state_dict(checkpoint.training["state"])
     return int(checkpoint.training["step"])

@@ -63,6 +63,7 @@ class MaskTask(TrainingTask):
 
     stage = "masks"
     inference_networks = ("network",)
+    sampling_only = ("undo_weighting",)
 
     def __init__(
         self, model: MaskDiffusionModel, settings: TrainingSettings, runtime: Runtime

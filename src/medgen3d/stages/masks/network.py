@@ -103,6 +103,14 @@ class MaskNetworkConfig(NetworkConfig):
             weighted loss is minimised by a *weighted* posterior, which would draw rare
             structures many times too large; sampling divides the weights back out
             (:meth:`MaskDiffusionModel.undo_label_weighting`), so it needs the ``"x0"`` objective.
+        undo_weighting: the power of the label weights that sampling divides out. 1 gives
+            the posterior exactly at the loss minimum. A model short of that minimum is less
+            sure of small structures than the data warrants, and sampling, which builds
+            each structure from its own earlier estimates, then loses them: the
+            head-and-neck masks at 9600 steps drew no organ at all with 1, and organs within
+            their training volumes with 0.5 (`benchmarks/README.md`). Read only when
+            sampling: choose it from sampled volumes against the training data's
+            (``benchmarks/bench_mask_volumes.py``), and change it without retraining.
     """
 
     SECTION = "masks model"
@@ -119,6 +127,7 @@ class MaskNetworkConfig(NetworkConfig):
     shrink_input: bool = False
     diffusion: Diffusion = field(default_factory=lambda: Diffusion(objective="x0"))
     label_weighting: float = 0.0
+    undo_weighting: float = 1.0
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:
@@ -165,6 +174,8 @@ class MaskNetworkConfig(NetworkConfig):
             raise ValueError(f"stem_channels must be a positive integer or null, got {stem!r}")
         if not isinstance(self.label_weighting, int | float) or not 0 <= self.label_weighting <= 1:
             raise ValueError(f"label_weighting must be in [0, 1], got {self.label_weighting!r}")
+        if not isinstance(self.undo_weighting, int | float) or not 0 <= self.undo_weighting <= 1:
+            raise ValueError(f"undo_weighting must be in [0, 1], got {self.undo_weighting!r}")
         if not isinstance(self.shrink_input, bool):
             raise ValueError(f"shrink_input must be true or false, got {self.shrink_input!r}")
         if self.shrink_input and self.diffusion.objective == "rflow":
@@ -438,9 +449,12 @@ class MaskDiffusionModel:
             model.label_weights = label_weights(frequency, config.label_weighting).to(device)
         return model
 
-    def undo_label_weighting(self, prediction: torch.Tensor) -> torch.Tensor:
+    def undo_label_weighting(
+        self, prediction: torch.Tensor, power: float | None = None
+    ) -> torch.Tensor:
         """The network's clean-sample ``prediction`` ``(B, C, L, H, W)`` with the training's
-        label weighting divided out (unchanged for a model trained without one).
+        label weights to the ``power`` divided out (by default the config's
+        ``undo_weighting``; unchanged for a model trained without weighting).
 
         Per voxel, a loss weighting label ``k`` by ``w_k`` is minimised by the weighted
         posterior ``q_k = p_k w_k / sum_j p_j w_j`` instead of the posterior ``p_k``, so the
@@ -449,11 +463,13 @@ class MaskDiffusionModel:
         renormalising recovers ``p`` exactly at the loss minimum: the correction of a
         class-prior shift ("logit adjustment"), applied to the one-hot estimate.
         """
-        if self.label_weights is None:
+        power = self.config.undo_weighting if power is None else power
+        if self.label_weights is None or power == 0:
             return prediction
         scale = self.diffusion.input_scale
         weighted = ((prediction / scale + 1.0) / 2.0).clamp(min=0.0)
-        posterior = weighted / self.label_weights.view(1, -1, 1, 1, 1).to(weighted.dtype)
+        divisor = self.label_weights.view(1, -1, 1, 1, 1).to(weighted.dtype) ** power
+        posterior = weighted / divisor
         posterior = posterior / posterior.sum(dim=1, keepdim=True).clamp(min=1e-12)
         return scale * (2.0 * posterior - 1.0)
 

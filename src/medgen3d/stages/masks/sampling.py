@@ -39,6 +39,7 @@ def sample_mask_volume(
     seed: int,
     sampler: str = "ddim",
     steps: int = 25,
+    undo_weighting: float | None = None,
     size: tuple[int, int] | None = None,
     known_labels: np.ndarray | None = None,
     known: np.ndarray | None = None,
@@ -55,6 +56,8 @@ def sample_mask_volume(
         sampler: ``"ddpm"`` or ``"ddim"`` for a DDPM-trained model, ``"rflow"`` for a
             rectified-flow one.
         steps: denoising steps per sequence (ancestral DDPM always takes ``T``).
+        undo_weighting: power of the label weights divided out of every estimate
+            (:meth:`MaskDiffusionModel.undo_label_weighting`); ``None``: the model's own.
         size: in-plane ``(H, W)``; defaults to ``known_labels``' size, then the model's
             training size.
         known_labels: ``(Z, H, W)`` channel indices of user-seeded slices (ignored where
@@ -90,7 +93,7 @@ def sample_mask_volume(
     per_sequence = len(schedule.timesteps)
     for n, start in enumerate(starts):
         window = slice(start, start + model.length)
-        sequence = _sample_sequence(model, schedule, output, filled, start, rng)
+        sequence = _sample_sequence(model, schedule, output, filled, start, rng, undo_weighting)
         for i, estimate in enumerate(sequence, start=1):
             done = n * per_sequence + i
             preview = None
@@ -137,6 +140,7 @@ def _sample_sequence(
     filled: np.ndarray,
     start: int,
     rng: torch.Generator,
+    undo_weighting: float | None,
 ) -> Iterator[np.ndarray]:
     """Denoise the sequence at ``start``; its slices already ``filled`` are known.
 
@@ -153,7 +157,8 @@ def _sample_sequence(
 
     def predict(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return model.undo_label_weighting(model.network(x, t, values, known[None], position))
+            prediction = model.network(x, t, values, known[None], position)
+            return model.undo_label_weighting(prediction, undo_weighting)
 
     def pin(sample: torch.Tensor, timestep: int) -> None:
         if not known_np.any():
