@@ -214,6 +214,15 @@ def test_init_from_starts_a_fresh_run_at_the_given_weights(bank: CaseBank, tmp_p
     assert tuned.start_step == 0
     # It starts where the trained run ended, far below a fresh start.
     assert tuned.losses[0]["l1"] < 0.5 * fresh.losses[0]["l1"]
+    origin = {"source": str(tmp_path / "trained.pt"), "steps": SETTINGS.max_steps}
+    assert load_checkpoint(tmp_path / "tuned.pt").config["provenance"]["init_from"] == origin
+    # Resuming (which never passes init_from again) keeps that record.
+    longer = dataclasses.replace(SETTINGS, max_steps=5)
+    drain(
+        fit(LabelsToIntensity(longer), bank, SPEC, longer, CPU, tmp_path / "tuned.pt", resume=True)
+    )
+    assert load_checkpoint(tmp_path / "tuned.pt").config["provenance"]["init_from"] == origin
+    assert load_checkpoint(tmp_path / "fresh.pt").config["provenance"]["init_from"] is None
 
 
 def test_init_from_keeps_fitting_tensors_and_refuses_another_stage(bank: CaseBank) -> None:

@@ -239,7 +239,10 @@ def fit(
             by rank 0, atomically.
         resume: continue from the step and state stored in ``checkpoint_path``.
         overwrite: allow replacing an existing checkpoint when not resuming.
-        provenance: facts about the run to record (dataset, command line).
+        provenance: facts about the run to record (dataset, command line). Its
+            ``init_from`` is recorded here: the checkpoint a fresh run started from, and
+            for a resumed run what its checkpoint recorded, so a fine-tuned model keeps
+            saying whose weights it started from however often it was resumed.
         init_from: a checkpoint of the same stage whose weights a fresh run starts from
             (ignored when resuming: the run's own state wins).
 
@@ -257,7 +260,8 @@ def fit(
         raise InputError(
             f"batch_size {settings.batch_size} does not divide over {runtime.world_size} processes"
         )
-    start = _first_step(task, checkpoint_path, resume, overwrite, init_from)
+    start, origin = _first_step(task, checkpoint_path, resume, overwrite, init_from)
+    provenance = {**(provenance or {}), "init_from": origin}
     result = TrainingResult(start, start)
     task.train()
     for step in range(start, settings.max_steps):
@@ -289,13 +293,15 @@ def _first_step(
     resume: bool,
     overwrite: bool,
     init_from: Checkpoint | None,
-) -> int:
-    """Restore a run to resume (its step), or start a fresh one, from ``init_from``'s
-    weights when given (step 0)."""
+) -> tuple[int, dict[str, Any] | None]:
+    """Restore a run to resume, or start a fresh one, from ``init_from``'s weights when
+    given (step 0). Returns the first step and where the run's first weights came from
+    (``{"source", "steps"}``, ``None`` for a run from scratch)."""
     if resume and checkpoint_path.exists():
-        start = _restore(task, checkpoint_path)
+        checkpoint = load_checkpoint(checkpoint_path, stage=task.stage)
+        start = _restore(task, checkpoint)
         log.info("resuming %s from step %d of %s", task.stage, start, checkpoint_path)
-        return start
+        return start, checkpoint.config.get("provenance", {}).get("init_from")
     if checkpoint_path.exists() and not overwrite and not resume:
         raise InputError(
             "already exists; pass --resume to continue it or --overwrite", checkpoint_path
@@ -309,7 +315,9 @@ def _first_step(
             len(skipped),
             f": {', '.join(skipped[:5])}" if skipped else "",
         )
-    return 0
+        steps = init_from.config.get("provenance", {}).get("steps")
+        return 0, {"source": str(init_from.path), "steps": steps}
+    return 0, None
 
 
 def _save(
@@ -337,8 +345,8 @@ def _save(
     save_checkpoint(checkpoint, path, overwrite=True)
 
 
-def _restore(task: TrainingTask, path: Path) -> int:
-    checkpoint = load_checkpoint(path, stage=task.stage)
+def _restore(task: TrainingTask, checkpoint: Checkpoint) -> int:
+    path = checkpoint.path
     if checkpoint.training is None:
         raise InputError("holds inference weights only; it cannot be resumed", path)
     stored = checkpoint.config.get("model") or {}

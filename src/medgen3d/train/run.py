@@ -124,12 +124,6 @@ def _train(stage, data_dir, recipe, settings, out, runtime, resume, overwrite, s
         "description": recipe.description,
         "dataset": recipe.dataset,
         "processes": runtime.world_size,
-        "init_from": None
-        if start is None
-        else {
-            "source": str(start.path),
-            "steps": start.config.get("provenance", {}).get("steps"),
-        },
         "depth": bank.depth_range(),
         "anatomy": bank.anatomy_ranges(recipe.data.preprocessing.spacing, recipe.data.labels.names),
         "label_frequency": bank.label_frequency.tolist(),
