@@ -257,10 +257,14 @@ def test_refiner_sampler_and_guidance_reach_the_refiner(
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_while_a_pair_is_written_leaves_nothing_and_a_rerun_works(
-    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys, signum
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys, request, signum
 ) -> None:
-    """The signal arrives while the image file is being written, after its label map."""
+    """The signal arrives while the image file is being written, after its label map; the
+    process that calls main (as an embedding host might) had a handler that ignores it."""
     import medgen3d.batch
+
+    host_handler = signal.signal(signum, lambda *_: None)
+    request.addfinalizer(lambda: signal.signal(signum, host_handler))
 
     real_save = medgen3d.batch.save_volume
 

@@ -38,6 +38,8 @@ from medgen3d.settings import (
 __all__ = ["build_parser", "main"]
 
 log = logging.getLogger("medgen3d")
+# Signals that stop a command the way Ctrl-C does (outputs in progress removed, status 130).
+_INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
 
 MODEL_HELP = "a bundled model (demo, brain-mri, headneck-ct), a model folder or a .pt file"
 
@@ -628,7 +630,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        with _sigterm_as_interrupt():
+        with _signals_as_interrupt():
             status = args.run(args)
     except InputError as exc:
         print(f"medgen3d {args.command}: error: {exc}", file=sys.stderr)
@@ -643,9 +645,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 @contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Turn SIGTERM (a scheduler's kill, ``timeout``) into ``KeyboardInterrupt`` while a
-    command runs, so the clean-up of partly written outputs runs as it does on Ctrl-C."""
+def _signals_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM (a scheduler's kill, ``timeout``) and SIGINT into ``KeyboardInterrupt``
+    while a command runs, so the clean-up of partly written outputs runs as it does on
+    Ctrl-C. SIGINT too, rather than trusting Python's default: a host that embeds
+    :func:`main` (an event loop, a test session) may have put its own handler there."""
 
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
@@ -653,11 +657,12 @@ def _sigterm_as_interrupt() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers can only be set in the main thread
         return
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = {signum: signal.signal(signum, interrupt) for signum in _INTERRUPTS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 if __name__ == "__main__":
