@@ -88,14 +88,14 @@ def _noise_reading(model, draws: int = 6) -> None:
     the draw, at least at t = 999, where the input holds no signal at all."""
     shape = (1, model.num_classes, model.length, *model.size)
     known, nothing = torch.zeros(1, model.length, dtype=torch.bool), torch.zeros(shape)
-    position, scale = torch.tensor([0.5]), model.diffusion.input_scale
+    position = torch.tensor([0.5])
     for t in TIMESTEPS:
         foreground = []
         for draw in range(draws):
             noise = torch.randn(shape, generator=torch.Generator().manual_seed(draw))
             with torch.no_grad():
                 prediction = model.network(noise, torch.tensor([t]), nothing, known, position)
-            probability = (model.undo_label_weighting(prediction) / scale + 1) / 2
+            probability = model.label_probabilities(model.undo_label_weighting(prediction))
             foreground.append(1 - probability[0, 0].numpy())
         foreground = np.stack(foreground)
         print(

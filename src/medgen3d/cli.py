@@ -322,7 +322,9 @@ def _generation_settings(args: argparse.Namespace) -> GenerationSettings:
     """The settings the ``generate`` options give (the depth is the model's unless given)."""
     return GenerationSettings(
         seed=args.seed,
-        masks=MaskSettings(args.sampler, args.steps, args.undo_weighting),
+        masks=MaskSettings(
+            sampler=args.sampler, steps=args.steps, undo_weighting=args.undo_weighting
+        ),
         refiner=RefineSettings(
             strength=args.refine_strength,
             steps=args.refine_steps,

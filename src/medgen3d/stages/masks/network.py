@@ -107,8 +107,9 @@ class MaskNetworkConfig(NetworkConfig):
             the posterior exactly at the loss minimum. A model short of that minimum is less
             sure of small structures than the data warrants, and sampling, which builds
             each structure from its own earlier estimates, then loses them: the
-            head-and-neck masks at 9600 steps drew no organ at all with 1, and organs within
-            their training volumes with 0.5 (`benchmarks/README.md`). Read only when
+            head-and-neck masks at 9600 steps drew no organ at all with 1, and most organs
+            at their training volumes with 0.5, some up to 2-3 times larger
+            (`benchmarks/README.md`). Read only when
             sampling: choose it from sampled volumes against the training data's
             (``benchmarks/bench_mask_volumes.py``), and change it without retraining.
     """
@@ -466,12 +467,17 @@ class MaskDiffusionModel:
         power = self.config.undo_weighting if power is None else power
         if self.label_weights is None or power == 0:
             return prediction
-        scale = self.diffusion.input_scale
-        weighted = ((prediction / scale + 1.0) / 2.0).clamp(min=0.0)
+        weighted = self.label_probabilities(prediction)
         divisor = self.label_weights.view(1, -1, 1, 1, 1).to(weighted.dtype) ** power
         posterior = weighted / divisor
         posterior = posterior / posterior.sum(dim=1, keepdim=True).clamp(min=1e-12)
-        return scale * (2.0 * posterior - 1.0)
+        return self.diffusion.input_scale * (2.0 * posterior - 1.0)
+
+    def label_probabilities(self, prediction: torch.Tensor) -> torch.Tensor:
+        """A clean-sample estimate ``(B, C, L, H, W)`` on the signal scale as per-voxel label
+        probabilities: the inverse of :func:`labels_to_signal` times ``input_scale``,
+        clamped at 0 (an estimate may overshoot the signal's floor)."""
+        return ((prediction / self.diffusion.input_scale + 1.0) / 2.0).clamp(min=0.0)
 
     @property
     def device(self) -> torch.device:
