@@ -4,34 +4,31 @@ level, scored against the truth.
     python benchmarks/bench_mask_denoising.py RUN_OR_MODEL RECIPE DATA [--cases 4]
 
 Draws sequences from ``--cases`` of the recipe's pairs in DATA (``--split train``, the
-default: the last training cases, on which checkpoints are chosen, so that the held-out
-cases the reports score stay unseen by every choice; ``--split holdout``: the held-out
-ones, as the figures before 2026-11-30's last rows), noises them
-to timestep t, asks the model for the clean sequence (no known slices, position given) and
-prints per t the voxel accuracy of its arg-max, the mean Dice over labels, and each
-label's share of the voxels in the truth and in the estimate (and per-label Dice at the
-last, least noisy t). A model that cannot name a label at t = 100 (little noise)
-has not learnt it, whatever its loss says; sampling cannot draw it either. Last, from pure
-noise: how much the estimate varies between noise draws against how much its mean layout
-varies across the slice (a model that reads a layout into noise draws the body wherever
-its noise suggests). Run by hand, never in CI.
+default: the last training cases, on which checkpoints are chosen; ``--split holdout``:
+the held-out ones, as the figures before 2026-11-30's last rows; ``recipe_cases.py``),
+noises them to timestep t, asks the model for the clean sequence (no known slices,
+position given) and prints per t the voxel accuracy of its arg-max, the mean Dice over
+labels, and each label's share of the voxels in the truth and in the estimate (and per-label
+Dice at the last, least noisy t). A model that cannot name a label at t = 100
+(little noise) has not learnt it, whatever its loss says; sampling cannot draw it either.
+Last, from pure noise: how much the estimate varies between noise draws against how much
+its mean layout varies across the slice (a model that reads a layout into noise draws the
+body wherever its noise suggests). Run by hand, never in CI.
 """
 
 from __future__ import annotations
 
 import argparse
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from medgen3d.datasets import discover_pairs
 from medgen3d.evaluation.segmenter import dice_per_label
 from medgen3d.model import load_model
 from medgen3d.recipe import load_recipe
 from medgen3d.stages.masks import labels_to_signal
-from medgen3d.train.bank import CaseBank
+from recipe_cases import SPLITS, recipe_cases
 
 TIMESTEPS = (999, 700, 500, 300, 100)
 
@@ -43,20 +40,13 @@ def main() -> None:
     parser.add_argument("data", type=Path)
     parser.add_argument("--cases", type=int, default=4)
     parser.add_argument("--sequences", type=int, default=4)
-    parser.add_argument("--split", choices=("train", "holdout"), default="train")
+    parser.add_argument("--split", choices=SPLITS, default="train")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
     model = load_model(args.model).stage("masks")
     recipe = load_recipe(args.recipe)
-    holdout = set(recipe.data.holdout)
-    cases = [c for c in discover_pairs(args.data) if (c.name in holdout) == (args.split != "train")]
-    chosen = cases[-args.cases :] if args.split == "train" else cases[: args.cases]
-    with tempfile.TemporaryDirectory() as folder:  # a few cases, linked rather than copied
-        for case in chosen:
-            for path in (case.image, case.label):
-                (Path(folder) / path.name).symlink_to(path.resolve())
-        bank = CaseBank.from_folder(folder, recipe.data)
+    bank = recipe_cases(recipe, args.data, args.split, args.cases)
     rng = torch.Generator().manual_seed(0)
     drawn = bank.sample_sequences(args.sequences, model.length, rng)
     truth = drawn["label"]

@@ -288,6 +288,33 @@ def test_images_from_real_masks_compare_tissue_by_tissue(
         )
 
 
+def test_images_from_real_masks_generate_with_the_given_settings(
+    real: Path, segmenter, tmp_path: Path, monkeypatch
+) -> None:
+    """Each case is generated with the caller's settings (a benchmark's refiner strength),
+    seeded ``seed + case``; without settings, with the defaults ``generate`` uses."""
+    from medgen3d.evaluation import from_masks
+    from medgen3d.model import load_model
+    from medgen3d.settings import DEFAULTS, GenerationSettings, RefineSettings
+
+    received = []
+
+    def stand_in(model, labels, settings):
+        received.append(settings)
+        yield from ()
+        return labels.astype(np.float32)
+
+    monkeypatch.setattr(from_masks, "image_for_channels", stand_in)
+    model = load_model(write_tiny_model(tmp_path / "model", DATA))
+    bank = CaseBank.from_folder(real, DATA)
+    unrefined = GenerationSettings(refiner=RefineSettings(strength=0.0))
+    drain(from_masks.images_from_real_masks(model, bank, [2, 5], segmenter, 3, unrefined))
+    assert [(s.seed, s.refiner.strength) for s in received] == [(5, 0.0), (8, 0.0)]
+    received.clear()
+    drain(from_masks.images_from_real_masks(model, bank, [2], segmenter))
+    assert received == [DEFAULTS.with_seed(2)]
+
+
 def test_evaluate_runs_images_from_real_masks_with_the_model(
     real: Path, segmenter, tmp_path: Path
 ) -> None:

@@ -25,7 +25,7 @@ from medgen3d.evaluation.segmenter import Segmenter, dice_per_label
 from medgen3d.generate import image_for_channels
 from medgen3d.model import GenerativeModel
 from medgen3d.progress import ProgressGenerator, as_stage
-from medgen3d.settings import DEFAULTS
+from medgen3d.settings import DEFAULTS, GenerationSettings
 from medgen3d.train.bank import CaseBank
 
 __all__ = ["images_from_real_masks", "label_means"]
@@ -45,11 +45,13 @@ def images_from_real_masks(
     ids: Sequence[int],
     segmenter: Segmenter,
     seed: int = 0,
+    generation: GenerationSettings = DEFAULTS,
 ) -> ProgressGenerator[dict[str, Any]]:
     """Turn the masks of real cases ``ids`` into images and compare (module docstring).
 
-    Uses the generation defaults (:data:`~medgen3d.settings.DEFAULTS`) for the refiner, so
-    the figures describe what ``generate --masks`` gives.
+    ``generation`` holds the refiner's settings (seeded ``seed + i`` for case ``i``); the
+    defaults, which reports use, make the figures describe what ``generate --masks``
+    gives, and other strengths let a benchmark compare them.
 
     Returns:
         JSON-ready metrics: ``cases``, per-label mean intensities (physical units) of the
@@ -60,7 +62,7 @@ def images_from_real_masks(
     real_means, generated_means, real_dice, generated_dice = [], [], [], []
     for n, i in enumerate(ids):
         labels = real.labels[i]
-        work = image_for_channels(model, labels, DEFAULTS.with_seed(seed + i))
+        work = image_for_channels(model, labels, generation.with_seed(seed + i))
         image = yield from as_stage(work, f"image from real mask {n + 1}/{len(ids)}")
         real_means.append(label_means(real.images[i], labels, num_classes))
         generated_means.append(label_means(image, labels, num_classes))
