@@ -60,7 +60,7 @@ def main() -> None:
         noisy, _ = model.diffusion.training_pair(clean, noise, timesteps)
         with torch.no_grad():
             prediction = model.network(noisy, timesteps, clean, known, drawn["position"])
-            estimate = model.undo_label_weighting(prediction)
+            estimate = model.sampling_estimate(prediction)
         labels = estimate.argmax(dim=1)
         accuracy = float((labels == truth).float().mean())
         dice = dice_per_label(labels.numpy(), truth.numpy(), len(names))
@@ -85,7 +85,7 @@ def _noise_reading(model, draws: int = 6) -> None:
             noise = torch.randn(shape, generator=torch.Generator().manual_seed(draw))
             with torch.no_grad():
                 prediction = model.network(noise, torch.tensor([t]), nothing, known, position)
-            probability = model.label_probabilities(model.undo_label_weighting(prediction))
+            probability = model.label_probabilities(model.sampling_estimate(prediction))
             foreground.append(1 - probability[0, 0].numpy())
         foreground = np.stack(foreground)
         print(

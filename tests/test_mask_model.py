@@ -251,7 +251,7 @@ def test_sampling_divides_the_label_weighting_back_out(tmp_path: Path) -> None:
     weighted = weighted / weighted.sum(dim=1, keepdim=True)
     scale = loaded.diffusion.input_scale
     minimiser = scale * (2 * weighted - 1)  # what the weighted loss teaches the network
-    torch.testing.assert_close(loaded.undo_label_weighting(minimiser), scale * (2 * posterior - 1))
+    torch.testing.assert_close(loaded.sampling_estimate(minimiser), scale * (2 * posterior - 1))
     assert not torch.allclose(minimiser, scale * (2 * posterior - 1))
 
 
@@ -270,7 +270,7 @@ def test_undo_weighting_divides_out_that_power_of_the_weights(tmp_path: Path) ->
     estimate = scale * (2 * weighted - 1)
 
     def probability(power: float | None) -> torch.Tensor:
-        return (loaded.undo_label_weighting(estimate, power) / scale + 1) / 2
+        return (loaded.sampling_estimate(estimate, power) / scale + 1) / 2
 
     torch.testing.assert_close(probability(0.0), weighted)
     half = weighted / loaded.label_weights.view(1, -1, 1, 1, 1) ** 0.5
@@ -293,7 +293,36 @@ def test_an_unweighted_model_keeps_its_prediction() -> None:
     model = _build()
     prediction = torch.randn(2, len(TABLE), 4, 8, 8)
     assert model.label_weights is None
-    assert torch.equal(model.undo_label_weighting(prediction), prediction)
+    assert torch.equal(model.sampling_estimate(prediction), prediction)
+
+
+def test_label_bias_multiplies_each_label_probability_by_its_factor(tmp_path: Path) -> None:
+    """A calibrated model's estimate is the network's probabilities times exp(bias),
+    renormalised; the bias survives the checkpoint, and a label with a higher factor gains
+    probability everywhere."""
+    model = _build()
+    bias = [0.0, 1.0, -2.0] + [0.5] * (len(TABLE) - 3)
+    config = {**model.config.to_dict(), "label_bias": bias}
+    checkpoint = Checkpoint(
+        "masks", {"data": DATA.to_dict(), "model": config}, {"network": model.network.state_dict()}
+    )
+    save_checkpoint(checkpoint, tmp_path / "b.pt")
+    loaded = MaskDiffusionModel.from_checkpoint(load_checkpoint(tmp_path / "b.pt", "masks"))
+    assert loaded.config.label_bias == tuple(bias)
+    probabilities = torch.softmax(torch.randn(2, len(TABLE), 4, 8, 8), dim=1)
+    scale = loaded.diffusion.input_scale
+    estimate = loaded.sampling_estimate(scale * (2 * probabilities - 1))
+    shifted = probabilities * torch.tensor(bias).exp().view(1, -1, 1, 1, 1)
+    expected = shifted / shifted.sum(dim=1, keepdim=True)
+    torch.testing.assert_close((estimate / scale + 1) / 2, expected)
+    assert ((estimate / scale + 1) / 2)[:, 1].gt(probabilities[:, 1]).all()
+
+
+def test_label_bias_must_give_one_finite_factor_per_label() -> None:
+    with pytest.raises(ValueError, match="label_bias has 2 entries"):
+        MaskDiffusionModel.build(DATA, MaskNetworkConfig.from_dict({**TINY, "label_bias": [0, 1]}))
+    with pytest.raises(ValueError, match="label_bias must be a list of finite numbers"):
+        MaskNetworkConfig.from_dict({**TINY, "label_bias": [0.0, float("nan")]})
 
 
 def test_a_weighted_model_without_recorded_frequencies_is_refused(tmp_path: Path) -> None:

@@ -192,19 +192,7 @@ def _add_generate(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         help="slices per volume (default: the model's typical training volume; 64 for demo)",
     )
-    p.add_argument(
-        "--steps",
-        type=int,
-        default=DEFAULTS.masks.steps,
-        help="mask denoising steps per sequence (default: %(default)s)",
-    )
-    p.add_argument("--sampler", default=DEFAULTS.masks.sampler, choices=choices(MaskSampler))
-    p.add_argument(
-        "--undo-weighting",
-        type=float,
-        help="for masks trained with label weighting: the power of the weights divided out "
-        "when sampling, 0-1; lower draws small structures larger (default: the model's)",
-    )
+    _add_mask_sampling(p)
     p.add_argument(
         "--refine-strength",
         type=float,
@@ -255,6 +243,27 @@ def _add_generate(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=Device.AUTO.value, choices=choices(Device))
     p.add_argument("--overwrite", action="store_true", help="replace existing files")
     p.set_defaults(run=_run_generate)
+
+
+def _add_mask_sampling(p: argparse.ArgumentParser) -> None:
+    """The options of stage 1's sampler, read by :func:`_mask_settings`."""
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=DEFAULTS.masks.steps,
+        help="mask denoising steps per sequence (default: %(default)s)",
+    )
+    p.add_argument("--sampler", default=DEFAULTS.masks.sampler, choices=choices(MaskSampler))
+    p.add_argument(
+        "--undo-weighting",
+        type=float,
+        help="for masks trained with label weighting: the power of the weights divided out "
+        "when sampling, 0-1; lower draws small structures larger (default: the model's)",
+    )
+
+
+def _mask_settings(args: argparse.Namespace) -> MaskSettings:
+    return MaskSettings(sampler=args.sampler, steps=args.steps, undo_weighting=args.undo_weighting)
 
 
 def _run_generate(args: argparse.Namespace) -> None:
@@ -322,9 +331,7 @@ def _generation_settings(args: argparse.Namespace) -> GenerationSettings:
     """The settings the ``generate`` options give (the depth is the model's unless given)."""
     return GenerationSettings(
         seed=args.seed,
-        masks=MaskSettings(
-            sampler=args.sampler, steps=args.steps, undo_weighting=args.undo_weighting
-        ),
+        masks=_mask_settings(args),
         refiner=RefineSettings(
             strength=args.refine_strength,
             steps=args.refine_steps,
@@ -603,6 +610,78 @@ def _run_pack_model(args: argparse.Namespace) -> None:
         log.info("wrote %s (%.1f MB)", path, path.stat().st_size / 1e6)
 
 
+def _add_calibrate(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "calibrate",
+        help="fit a mask model's per-structure volume factors to its training cases",
+        description="Sample whole label volumes and fit one factor per structure so that each "
+        "is drawn at its median volume over the training cases in --data (the model's "
+        "held-out cases are never read); write the model, so calibrated, to --out. Weights "
+        "are unchanged; generating from --out uses the factors.",
+    )
+    p.add_argument("--model", required=True, help=MODEL_HELP)
+    p.add_argument("--data", required=True, help="the model's training data folder")
+    p.add_argument("--out", required=True, help="model folder to write")
+    p.add_argument("--iterations", type=int, default=8, help="fits to make (default: %(default)s)")
+    p.add_argument(
+        "--samples", type=int, default=2, help="volumes sampled per fit (default: %(default)s)"
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=1000,
+        help="seed of the first sample; apart from generate's, so that volumes generated "
+        "afterwards check the fit on samples it never saw (default: %(default)s)",
+    )
+    _add_mask_sampling(p)
+    p.add_argument("--device", default=Device.AUTO.value, choices=choices(Device))
+    p.set_defaults(run=_run_calibrate)
+
+
+def _run_calibrate(args: argparse.Namespace) -> None:
+    from medgen3d.calibration import calibrate_masks, save_calibrated, training_volumes
+    from medgen3d.model import load_model
+    from medgen3d.progress import Progress, drain
+    from medgen3d.runtime import resolve_device
+
+    check_output_folder(args.out)
+    masks = _mask_settings(args)
+    model = load_model(args.model, resolve_device(args.device))
+    targets = training_volumes(model, args.data)
+    log.info("median volumes of %d structures over the training cases", len(targets))
+    progress, close = tqdm_progress("calibrate", unit="volume")
+
+    def show(report: Progress) -> None:
+        errors = {name: f"{value:.3f}" for name, value in (report.metrics or {}).items()}
+        progress(report.done, report.total, errors)
+
+    try:
+        calibration = drain(
+            calibrate_masks(
+                model,
+                targets,
+                iterations=args.iterations,
+                samples=args.samples,
+                seed=args.seed,
+                masks=masks,
+            ),
+            show,
+        )
+    finally:
+        close()
+    for name, target in calibration.target_ml.items():
+        sampled = ", ".join(f"{v:.1f}" for v in calibration.volumes_ml[name])
+        log.info("%-28s median %8.1f ml, sampled %s", name, target, sampled)
+    log.info(
+        "kept fit %d of %d (mean |log volume / median| %.2f)",
+        calibration.iteration,
+        calibration.iterations,
+        calibration.error,
+    )
+    for path in save_calibrated(model, calibration, args.out, data=args.data):
+        log.info("wrote %s", path)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medgen3d",
@@ -619,6 +698,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_check(subparsers)
     _add_info(subparsers)
     _add_pack_model(subparsers)
+    _add_calibrate(subparsers)
     return parser
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ __all__ = [
     "demo_model_path",
     "load_model",
     "pack_model",
+    "save_model",
     "stage_file",
 ]
 
@@ -135,6 +137,13 @@ class GenerativeModel:
                 f"{name + ':':9s}trained {provenance.get('steps', '?')} steps{before}"
                 + f" on {provenance.get('cases', '?')} cases, saved {provenance.get('saved', '?')}"
             )
+            calibration = provenance.get("calibration")
+            if calibration:
+                lines.append(
+                    f"{'':9s}volumes calibrated on {len(calibration['target_ml'])} structures "
+                    f"(mean |log volume / training median| {calibration['error']:.2f}, "
+                    f"{calibration['masks']['sampler']} {calibration['masks']['steps']} steps)"
+                )
         return "\n".join(lines)
 
     def _training_data(self) -> list[str]:
@@ -209,8 +218,16 @@ def pack_model(source: str | Path, out: str | Path, *, overwrite: bool = False) 
         checkpoint = _load_stage(file, expected)
         checkpoints[checkpoint.stage] = checkpoint
     _shared_data_spec(checkpoints)
+    return save_model(checkpoints.values(), out, overwrite=overwrite)
+
+
+def save_model(
+    checkpoints: Iterable[Checkpoint], out: str | Path, *, overwrite: bool = False
+) -> list[Path]:
+    """Write each checkpoint to ``out/<stage>.pt`` with its config and inference weights
+    only (no training state), and return the paths written."""
     written = []
-    for checkpoint in checkpoints.values():
+    for checkpoint in checkpoints:
         slim = Checkpoint(checkpoint.stage, checkpoint.config, checkpoint.weights)
         written.append(
             save_checkpoint(slim, Path(out) / f"{checkpoint.stage}.pt", overwrite=overwrite)

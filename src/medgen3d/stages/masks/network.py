@@ -102,7 +102,7 @@ class MaskNetworkConfig(NetworkConfig):
             about 40 times a background one, so small structures are learnt early. The
             weighted loss is minimised by a *weighted* posterior, which would draw rare
             structures many times too large; sampling divides the weights back out
-            (:meth:`MaskDiffusionModel.undo_label_weighting`), so it needs the ``"x0"`` objective.
+            (:meth:`MaskDiffusionModel.sampling_estimate`), so it needs the ``"x0"`` objective.
         undo_weighting: the power of the label weights that sampling divides out. 1 gives
             the posterior exactly at the loss minimum. A model short of that minimum is less
             sure of small structures than the data warrants, and sampling, which builds
@@ -112,6 +112,14 @@ class MaskNetworkConfig(NetworkConfig):
             (`benchmarks/README.md`). Read only when
             sampling: choose it from sampled volumes against the training data's
             (``benchmarks/bench_mask_volumes.py``), and change it without retraining.
+        label_bias: one log factor per label channel, multiplied into every estimate's
+            label probabilities when sampling (after ``undo_weighting``); ``None``: none.
+            One power cannot serve every label of a model short of its loss minimum: the
+            brain masks at 3700 steps drew the deep grey matter at a power that let the
+            cortex and cerebellum outgrow their range, and at one that kept those in range
+            drew no thalamus at all (`benchmarks/README.md`). ``medgen3d calibrate`` fits
+            these factors so that sampled volumes match the training cases' median
+            volumes (:mod:`medgen3d.calibration`). Read only when sampling.
     """
 
     SECTION = "masks model"
@@ -129,6 +137,7 @@ class MaskNetworkConfig(NetworkConfig):
     diffusion: Diffusion = field(default_factory=lambda: Diffusion(objective="x0"))
     label_weighting: float = 0.0
     undo_weighting: float = 1.0
+    label_bias: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:
@@ -177,6 +186,12 @@ class MaskNetworkConfig(NetworkConfig):
             raise ValueError(f"label_weighting must be in [0, 1], got {self.label_weighting!r}")
         if not isinstance(self.undo_weighting, int | float) or not 0 <= self.undo_weighting <= 1:
             raise ValueError(f"undo_weighting must be in [0, 1], got {self.undo_weighting!r}")
+        bias = self.label_bias
+        if bias is not None and (
+            not isinstance(bias, tuple)
+            or not all(isinstance(b, int | float) and np.isfinite(b) for b in bias)
+        ):
+            raise ValueError(f"label_bias must be a list of finite numbers or null, got {bias!r}")
         if not isinstance(self.shrink_input, bool):
             raise ValueError(f"shrink_input must be true or false, got {self.shrink_input!r}")
         if self.shrink_input and self.diffusion.objective == "rflow":
@@ -408,6 +423,11 @@ class MaskDiffusionModel:
             ValueError: when the grid does not divide by the network's downsampling.
         """
         config.check_grid(data)
+        if config.label_bias is not None and len(config.label_bias) != len(data.labels):
+            raise ValueError(
+                f"label_bias has {len(config.label_bias)} entries for "
+                f"{len(data.labels)} label channels; give one per channel"
+            )
         network = MaskDenoiser(len(data.labels), data.sequence_length, config)
         return cls(
             network,
@@ -450,27 +470,33 @@ class MaskDiffusionModel:
             model.label_weights = label_weights(frequency, config.label_weighting).to(device)
         return model
 
-    def undo_label_weighting(
+    def sampling_estimate(
         self, prediction: torch.Tensor, power: float | None = None
     ) -> torch.Tensor:
-        """The network's clean-sample ``prediction`` ``(B, C, L, H, W)`` with the training's
-        label weights to the ``power`` divided out (by default the config's
-        ``undo_weighting``; unchanged for a model trained without weighting).
+        """The network's clean-sample ``prediction`` ``(B, C, L, H, W)`` as sampling uses
+        it: the training's label weights to the ``power`` divided out (by default the
+        config's ``undo_weighting``) and the config's ``label_bias`` multiplied in;
+        unchanged for a model with neither.
 
         Per voxel, a loss weighting label ``k`` by ``w_k`` is minimised by the weighted
         posterior ``q_k = p_k w_k / sum_j p_j w_j`` instead of the posterior ``p_k``, so the
         estimate of a weighted model overstates every rare label wherever it is uncertain
         (sampled organs came out 5-30 times too large). Dividing ``q`` by ``w`` and
         renormalising recovers ``p`` exactly at the loss minimum: the correction of a
-        class-prior shift ("logit adjustment"), applied to the one-hot estimate.
+        class-prior shift ("logit adjustment"), applied to the one-hot estimate. The
+        calibration's factors ``exp(b_k)`` are a further prior shift of the same kind.
         """
         power = self.config.undo_weighting if power is None else power
-        if self.label_weights is None or power == 0:
+        weighted = self.label_weights is not None and power != 0
+        if not weighted and self.config.label_bias is None:
             return prediction
-        weighted = self.label_probabilities(prediction)
-        divisor = self.label_weights.view(1, -1, 1, 1, 1).to(weighted.dtype) ** power
-        posterior = weighted / divisor
-        posterior = posterior / posterior.sum(dim=1, keepdim=True).clamp(min=1e-12)
+        factors = torch.ones(self.num_classes, dtype=torch.float64)
+        if weighted:
+            factors = factors / self.label_weights.double().cpu() ** power
+        if self.config.label_bias is not None:
+            factors = factors * torch.tensor(self.config.label_bias, dtype=torch.float64).exp()
+        shifted = self.label_probabilities(prediction) * factors.view(1, -1, 1, 1, 1).to(prediction)
+        posterior = shifted / shifted.sum(dim=1, keepdim=True).clamp(min=1e-12)
         return self.diffusion.input_scale * (2.0 * posterior - 1.0)
 
     def label_probabilities(self, prediction: torch.Tensor) -> torch.Tensor:

@@ -57,7 +57,7 @@ def sample_mask_volume(
             rectified-flow one.
         steps: denoising steps per sequence (ancestral DDPM always takes ``T``).
         undo_weighting: power of the label weights divided out of every estimate
-            (:meth:`MaskDiffusionModel.undo_label_weighting`); ``None``: the model's own.
+            (:meth:`MaskDiffusionModel.sampling_estimate`); ``None``: the model's own.
         size: in-plane ``(H, W)``; defaults to ``known_labels``' size, then the model's
             training size.
         known_labels: ``(Z, H, W)`` channel indices of user-seeded slices (ignored where
@@ -158,7 +158,7 @@ def _sample_sequence(
     def predict(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             prediction = model.network(x, t, values, known[None], position)
-            return model.undo_label_weighting(prediction, undo_weighting)
+            return model.sampling_estimate(prediction, undo_weighting)
 
     def pin(sample: torch.Tensor, timestep: int) -> None:
         if not known_np.any():
