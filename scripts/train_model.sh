@@ -9,7 +9,9 @@
 # decay, so a run stopped early and continued later follows the same trajectory.
 # INIT_FROM (a model name or folder) starts stages that have no checkpoint yet from that
 # model's weights, e.g. the bundled model after a run folder was lost.
-# When PACK_DIR is given, the stages present are packed there (weights only) at the end.
+# When PACK_DIR is given, the stages present are packed there (weights only) at the end;
+# with CALIBRATE=1 the mask stage's volumes are calibrated on the training cases on the way
+# (`medgen3d calibrate`, about 25 minutes for the brain model on one CPU core).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RECIPE=$1 DATA=$2 RUN=$3 PACK=${4:-}
@@ -26,6 +28,8 @@ for stage in images refiner masks; do
         "$BIN" train "$stage" --data "$DATA" --config "$RECIPE" --out "$RUN/$stage.pt" \
         --resume --device cpu "${args[@]}"
 done
-if [ -n "$PACK" ]; then
+if [ -n "$PACK" ] && [ "${CALIBRATE:-0}" = 1 ]; then
+    "$BIN" calibrate --model "$RUN" --data "$DATA" --out "$PACK" --device cpu --overwrite
+elif [ -n "$PACK" ]; then
     "$BIN" pack-model --in "$RUN" --out "$PACK" --overwrite
 fi

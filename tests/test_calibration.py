@@ -111,3 +111,5 @@ def test_calibrate_writes_a_model_that_samples_with_the_fitted_factors(
     before = (out / "masks.pt").read_bytes()
     assert main(command + options) == 2  # never over an earlier model
     assert (out / "masks.pt").read_bytes() == before
+    assert main([*command, *options, "--seed", "7", "--overwrite"]) == 0
+    assert (out / "masks.pt").read_bytes() != before

@@ -175,7 +175,12 @@ def calibrate_masks(
 
 
 def save_calibrated(
-    model: GenerativeModel, calibration: Calibration, out: str | Path, *, data: str | Path
+    model: GenerativeModel,
+    calibration: Calibration,
+    out: str | Path,
+    *,
+    data: str | Path,
+    overwrite: bool = False,
 ) -> list[Path]:
     """Write ``model`` to the folder ``out`` with inference weights only (as
     :func:`~medgen3d.model.pack_model` does) and ``calibration`` in its mask stage: the
@@ -184,7 +189,7 @@ def save_calibrated(
     the ``data`` folder the targets came from.
 
     Raises:
-        OutputExistsError: when ``out`` already holds a stage file.
+        OutputExistsError: when ``out`` already holds a stage file and not ``overwrite``.
     """
     masks = model.checkpoints["masks"]
     network = {**masks.config["model"], "label_bias": list(calibration.bias)}
@@ -197,7 +202,7 @@ def save_calibrated(
     calibrated = Checkpoint(
         "masks", {**masks.config, "model": network, "provenance": provenance}, masks.weights
     )
-    return save_model({**model.checkpoints, "masks": calibrated}.values(), out)
+    return save_model({**model.checkpoints, "masks": calibrated}.values(), out, overwrite=overwrite)
 
 
 def _log_error(volumes: np.ndarray, target: np.ndarray) -> float:

@@ -635,6 +635,7 @@ def _add_calibrate(subparsers: argparse._SubParsersAction) -> None:
     )
     _add_mask_sampling(p)
     p.add_argument("--device", default=Device.AUTO.value, choices=choices(Device))
+    p.add_argument("--overwrite", action="store_true", help="replace existing stage files")
     p.set_defaults(run=_run_calibrate)
 
 
@@ -678,7 +679,10 @@ def _run_calibrate(args: argparse.Namespace) -> None:
         calibration.iterations,
         calibration.error,
     )
-    for path in save_calibrated(model, calibration, args.out, data=args.data):
+    written = save_calibrated(
+        model, calibration, args.out, data=args.data, overwrite=args.overwrite
+    )
+    for path in written:
         log.info("wrote %s", path)
 
 
