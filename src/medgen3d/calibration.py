@@ -57,8 +57,8 @@ class Calibration:
         bias: one log factor per label channel (0 for the background).
         target_ml: per structure name, its median volume over the training cases.
         volumes_ml: per structure name, its volume in each calibration sample at ``bias``.
-        error: mean over structures of ``|log(volume / target)|`` at ``bias`` (volumes
-            averaged over samples; a missing structure counts at the floor): 0 is perfect.
+        error: mean over samples and structures of ``|log(volume / target)|`` at ``bias``
+            (a missing structure counts at the floor): 0 is perfect.
         iteration: which fit (0 = no bias) was kept, of ``iterations`` made.
         iterations: fits made.
         samples: volumes sampled per fit (seeds ``seed`` onwards, the same every fit).
@@ -152,14 +152,14 @@ def calibrate_masks(
                 done = iteration * samples + n + 1
                 metrics = None
                 if n == samples - 1:
-                    error = _log_error(np.array(volumes)[:, channels].mean(0), target)
+                    error = _log_error(np.array(volumes)[:, channels], target)
                     metrics = {"error": float(error)}
                 yield Progress("calibrate", done, iterations * samples, metrics=metrics)
             fits.append((bias.copy(), np.array(volumes)))
             bias[channels] += _secant_step(fits, channels, target)
     finally:
         mask_model.config = original
-    errors = [_log_error(v[:, channels].mean(0), target) for _, v in fits]
+    errors = [_log_error(v[:, channels], target) for _, v in fits]
     best = int(np.argmin(errors))
     kept_bias, kept_volumes = fits[best]
     return Calibration(
@@ -205,32 +205,38 @@ def save_calibrated(
     return save_model({**model.checkpoints, "masks": calibrated}.values(), out, overwrite=overwrite)
 
 
+def _log_ratios(volumes: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """``log(volume / target)`` per sample and target ``(samples, targets)``, a volume under
+    the floor counting at the floor."""
+    return np.log(np.maximum(volumes, VOLUME_FLOOR * target) / target)
+
+
 def _log_error(volumes: np.ndarray, target: np.ndarray) -> float:
-    """Mean ``|log(volume / target)|``, a volume under the floor counting at the floor."""
-    return float(np.abs(np.log(np.maximum(volumes, VOLUME_FLOOR * target) / target)).mean())
+    """Mean over samples and structures of ``|log(volume / target)|``: per sample, so that
+    a structure missing from one sample and twice its size in another is no fit."""
+    return float(np.abs(_log_ratios(volumes, target)).mean())
 
 
 def _secant_step(
     fits: list[tuple[np.ndarray, np.ndarray]], channels: list[int], target: np.ndarray
 ) -> np.ndarray:
     """The change of each calibrated label's log factor after the latest fit: its log
-    volume error over the slope between its latest fit and the most recent earlier fit at
-    a different factor (both above the floor), clipped to :data:`MAX_STEP`."""
-    bias, volumes = fits[-1]
+    volume error (the mean over samples of ``log(volume / target)``) over the slope between
+    its latest fit and the most recent earlier fit at a different factor (both with the
+    structure present), clipped to :data:`MAX_STEP`."""
+    levels = [(bias[channels], _log_ratios(v[:, channels], target).mean(0)) for bias, v in fits]
+    bias, level = levels[-1]
+    present = np.log(VOLUME_FLOOR) + 1e-6
     step = np.zeros(len(channels))
-    for i, k in enumerate(channels):
-        floor = VOLUME_FLOOR * target[i]
-        volume = volumes[:, k].mean()
+    for i in range(len(channels)):
         slope = DEFAULT_SLOPE
         earlier = [
-            (b[k], v[:, k].mean())
-            for b, v in fits[:-1]
-            if abs(b[k] - bias[k]) > 1e-3 and v[:, k].mean() > floor
+            (b[i], lv[i]) for b, lv in levels[:-1] if abs(b[i] - bias[i]) > 1e-3 and lv[i] > present
         ]
-        if volume > floor and earlier:
-            previous_bias, previous_volume = earlier[-1]
-            measured = np.log(volume / previous_volume) / (bias[k] - previous_bias)
+        if level[i] > present and earlier:
+            previous_bias, previous_level = earlier[-1]
+            measured = (level[i] - previous_level) / (bias[i] - previous_bias)
             if measured > 0:  # else neighbours' changes outweighed its own: keep the default
                 slope = float(np.clip(measured, MIN_SLOPE, MAX_SLOPE))
-        step[i] = np.clip(np.log(target[i] / max(volume, floor)) / slope, -MAX_STEP, MAX_STEP)
+        step[i] = np.clip(-level[i] / slope, -MAX_STEP, MAX_STEP)
     return step
