@@ -2,13 +2,16 @@
 range of the training data.
 
     python benchmarks/bench_mask_volumes.py MODEL [--samples 2] [--steps 25] [--sampler ddim]
-        [--undo-weighting P]
+        [--undo-weighting P] [--data TRAINING_DATA]
 
 Samples ``--samples`` whole label volumes (seeds 0, 1, ...) at the model's typical depth and
 prints each structure's volume in ml beside the range its training cases had (recorded in
 the checkpoint). ``--undo-weighting`` sets the power of a ``label_weighting`` that
 sampling divides back out (default: the model's; 0 samples the network's estimate as
-trained): the figures to choose a model's ``undo_weighting`` by. Uses no held-out case.
+trained): the figures to choose a model's ``undo_weighting`` by. With ``--data`` (the
+training data folder) it also prints each structure's median over the training cases and
+the error ``medgen3d calibrate`` minimises, on seeds the calibration never samples. Uses
+no held-out case.
 Run by hand, never in CI.
 """
 
@@ -20,6 +23,7 @@ import dataclasses
 import numpy as np
 import torch
 
+from medgen3d.calibration import training_volumes, volume_error
 from medgen3d.evaluation.anatomy import mask_anatomy
 from medgen3d.generate import generate_masks
 from medgen3d.model import load_model
@@ -34,6 +38,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--sampler", choices=[s.value for s in MaskSampler], default="ddim")
     parser.add_argument("--undo-weighting", type=float)
+    parser.add_argument("--data", help="the training data: also print medians and the error")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -49,11 +54,25 @@ def main() -> None:
         channels = table.to_channels(labels.data, f"sample {seed}")
         volumes.append(mask_anatomy(channels, len(table), labels.spacing).volume_ml)
     seen = model.recorded("anatomy")["volume_ml"]
-    print(f"{'structure':28s} " + " ".join(f"seed {s:<4d}" for s in range(args.samples)), "trained")
+    medians = training_volumes(model, args.data) if args.data else {}
+    seeds = " ".join(f"seed {s:<4d}" for s in range(args.samples))
+    print(f"{'structure':28s} {seeds} trained{'   median' if medians else ''}")
+    within = 0
     for name, row in zip(table.names[1:], np.array(volumes).T, strict=True):
         low, high = seen.get(name, (float("nan"), float("nan")))
+        within += bool(np.all((low <= row) & (row <= high)))
         sampled = " ".join(f"{v:9.1f}" for v in row)
-        print(f"{name:28s} {sampled}   {low:.1f}-{high:.1f}")
+        median = f"{medians[name]:9.1f}" if name in medians else ""
+        print(f"{name:28s} {sampled}   {low:.1f}-{high:.1f} {median}")
+    print(
+        f"{within} of {len(table.names) - 1} structures within the training range in every sample"
+    )
+    if medians:
+        names = [n for n in table.names[1:] if n in medians]
+        columns = [table.names.index(n) - 1 for n in names]
+        target = np.array([medians[n] for n in names])
+        error = volume_error(np.array(volumes)[:, columns], target)
+        print(f"mean |log(volume / training median)|: {error:.3f}")
 
 
 if __name__ == "__main__":

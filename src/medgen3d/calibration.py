@@ -35,7 +35,13 @@ from medgen3d.progress import Progress, ProgressGenerator, drain
 from medgen3d.settings import DEFAULTS, MaskSettings
 from medgen3d.train.bank import CaseBank
 
-__all__ = ["Calibration", "calibrate_masks", "save_calibrated", "training_volumes"]
+__all__ = [
+    "Calibration",
+    "calibrate_masks",
+    "save_calibrated",
+    "training_volumes",
+    "volume_error",
+]
 
 # Largest change of one label's log factor per iteration; the slope of log volume over
 # log factor assumed while a label has no two fits to measure it from (the brain masks:
@@ -152,14 +158,14 @@ def calibrate_masks(
                 done = iteration * samples + n + 1
                 metrics = None
                 if n == samples - 1:
-                    error = _log_error(np.array(volumes)[:, channels], target)
+                    error = volume_error(np.array(volumes)[:, channels], target)
                     metrics = {"error": float(error)}
                 yield Progress("calibrate", done, iterations * samples, metrics=metrics)
             fits.append((bias.copy(), np.array(volumes)))
             bias[channels] += _secant_step(fits, channels, target)
     finally:
         mask_model.config = original
-    errors = [_log_error(v[:, channels], target) for _, v in fits]
+    errors = [volume_error(v[:, channels], target) for _, v in fits]
     best = int(np.argmin(errors))
     kept_bias, kept_volumes = fits[best]
     return Calibration(
@@ -211,7 +217,7 @@ def _log_ratios(volumes: np.ndarray, target: np.ndarray) -> np.ndarray:
     return np.log(np.maximum(volumes, VOLUME_FLOOR * target) / target)
 
 
-def _log_error(volumes: np.ndarray, target: np.ndarray) -> float:
+def volume_error(volumes: np.ndarray, target: np.ndarray) -> float:
     """Mean over samples and structures of ``|log(volume / target)|``: per sample, so that
     a structure missing from one sample and twice its size in another is no fit."""
     return float(np.abs(_log_ratios(volumes, target)).mean())
@@ -221,10 +227,13 @@ def _secant_step(
     fits: list[tuple[np.ndarray, np.ndarray]], channels: list[int], target: np.ndarray
 ) -> np.ndarray:
     """The change of each calibrated label's log factor after the latest fit: its log
-    volume error (the mean over samples of ``log(volume / target)``) over the slope between
+    volume error (the median over samples of ``log(volume / target)``, so that one sample
+    without the structure does not inflate it in all the others) over the slope between
     its latest fit and the most recent earlier fit at a different factor (both with the
     structure present), clipped to :data:`MAX_STEP`."""
-    levels = [(bias[channels], _log_ratios(v[:, channels], target).mean(0)) for bias, v in fits]
+    levels = [
+        (bias[channels], np.median(_log_ratios(v[:, channels], target), axis=0)) for bias, v in fits
+    ]
     bias, level = levels[-1]
     present = np.log(VOLUME_FLOOR) + 1e-6
     step = np.zeros(len(channels))
