@@ -113,3 +113,16 @@ def test_calibrate_writes_a_model_that_samples_with_the_fitted_factors(
     assert (out / "masks.pt").read_bytes() == before
     assert main([*command, *options, "--seed", "7", "--overwrite"]) == 0
     assert (out / "masks.pt").read_bytes() != before
+
+
+def test_a_model_without_a_mask_stage_is_refused_before_the_data_is_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = write_tiny_model(tmp_path / "model")
+    (source / "masks.pt").unlink()
+    missing = tmp_path / "no-such-data"
+    out = tmp_path / "out"
+    command = ["calibrate", "--model", str(source), "--data", str(missing), "--out", str(out)]
+    assert main(command) == 2
+    assert "no 'masks' stage" in capsys.readouterr().err
+    assert not out.exists() or not any(out.iterdir())

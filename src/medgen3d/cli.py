@@ -648,6 +648,7 @@ def _run_calibrate(args: argparse.Namespace) -> None:
     check_output_folder(args.out)
     masks = _mask_settings(args)
     model = load_model(args.model, resolve_device(args.device))
+    model.stage("masks")  # a model without one is refused before the data is read
     targets = training_volumes(model, args.data)
     log.info("median volumes of %d structures over the training cases", len(targets))
     progress, close = tqdm_progress("calibrate", unit="volume")
