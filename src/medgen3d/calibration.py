@@ -227,13 +227,10 @@ def _secant_step(
     fits: list[tuple[np.ndarray, np.ndarray]], channels: list[int], target: np.ndarray
 ) -> np.ndarray:
     """The change of each calibrated label's log factor after the latest fit: its log
-    volume error (the median over samples of ``log(volume / target)``, so that one sample
-    without the structure does not inflate it in all the others) over the slope between
+    volume error (the mean over samples of ``log(volume / target)``) over the slope between
     its latest fit and the most recent earlier fit at a different factor (both with the
     structure present), clipped to :data:`MAX_STEP`."""
-    levels = [
-        (bias[channels], np.median(_log_ratios(v[:, channels], target), axis=0)) for bias, v in fits
-    ]
+    levels = [(bias[channels], _log_ratios(v[:, channels], target).mean(0)) for bias, v in fits]
     bias, level = levels[-1]
     present = np.log(VOLUME_FLOOR) + 1e-6
     step = np.zeros(len(channels))
