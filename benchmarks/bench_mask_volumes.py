@@ -18,17 +18,13 @@ Run by hand, never in CI.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
 import numpy as np
 import torch
 
-from medgen3d.calibration import training_volumes, volume_error
-from medgen3d.evaluation.anatomy import mask_anatomy
-from medgen3d.generate import generate_masks
+from medgen3d.calibration import structure_volumes, training_volumes, volume_error
 from medgen3d.model import load_model
-from medgen3d.progress import drain
-from medgen3d.settings import DEFAULTS, MaskSampler, MaskSettings
+from medgen3d.settings import MaskSampler, MaskSettings
 
 
 def main() -> None:
@@ -43,22 +39,15 @@ def main() -> None:
     torch.set_num_threads(1)
 
     model = load_model(args.model)
-    depth = model.recorded("depth")["median"]
-    settings = dataclasses.replace(
-        DEFAULTS, depth=depth, masks=MaskSettings(args.sampler, args.steps, args.undo_weighting)
-    )
+    masks = MaskSettings(args.sampler, args.steps, args.undo_weighting)
     table = model.data.labels
-    volumes = []
-    for seed in range(args.samples):
-        labels = drain(generate_masks(model, dataclasses.replace(settings, seed=seed)))
-        channels = table.to_channels(labels.data, f"sample {seed}")
-        volumes.append(mask_anatomy(channels, len(table), labels.spacing).volume_ml)
+    volumes = np.array([structure_volumes(model, seed, masks) for seed in range(args.samples)])
     seen = model.recorded("anatomy")["volume_ml"]
     medians = training_volumes(model, args.data) if args.data else {}
     seeds = " ".join(f"seed {s:<4d}" for s in range(args.samples))
     print(f"{'structure':28s} {seeds} trained{'   median' if medians else ''}")
     within = 0
-    for name, row in zip(table.names[1:], np.array(volumes).T, strict=True):
+    for name, row in zip(table.names[1:], volumes[:, 1:].T, strict=True):
         low, high = seen.get(name, (float("nan"), float("nan")))
         within += bool(np.all((low <= row) & (row <= high)))
         sampled = " ".join(f"{v:9.1f}" for v in row)
@@ -68,10 +57,9 @@ def main() -> None:
         f"{within} of {len(table.names) - 1} structures within the training range in every sample"
     )
     if medians:
-        names = [n for n in table.names[1:] if n in medians]
-        columns = [table.names.index(n) - 1 for n in names]
-        target = np.array([medians[n] for n in names])
-        error = volume_error(np.array(volumes)[:, columns], target)
+        channels = [k for k, name in enumerate(table.names) if name in medians]
+        target = np.array([medians[table.names[k]] for k in channels])
+        error = volume_error(volumes[:, channels], target)
         print(f"mean |log(volume / training median)|: {error:.3f}")
 
 

@@ -39,6 +39,7 @@ __all__ = [
     "Calibration",
     "calibrate_masks",
     "save_calibrated",
+    "structure_volumes",
     "training_volumes",
     "volume_error",
 ]
@@ -109,6 +110,20 @@ def training_volumes(model: GenerativeModel, data_dir: str | Path) -> dict[str, 
     }
 
 
+def structure_volumes(
+    model: GenerativeModel, seed: int, masks: MaskSettings = DEFAULTS.masks
+) -> np.ndarray:
+    """The volume (ml) of each label channel in one whole label volume sampled with
+    ``seed`` at the model's typical depth (0 for the background): what calibration fits and
+    ``benchmarks/bench_mask_volumes.py`` prints."""
+    settings = dataclasses.replace(DEFAULTS, seed=seed, depth=model.typical_depth, masks=masks)
+    labels = drain(generate_masks(model, settings))
+    table = model.data.labels
+    indices = table.to_channels(labels.data, f"sample {seed}")
+    anatomy = mask_anatomy(indices, len(table), labels.spacing)
+    return np.array([0.0, *anatomy.volume_ml])
+
+
 def calibrate_masks(
     model: GenerativeModel,
     target_ml: dict[str, float],
@@ -143,29 +158,25 @@ def calibrate_masks(
     channels = [k for k, name in enumerate(table.names) if name in target_ml]
     target = np.array([target_ml[table.names[k]] for k in channels])
     bias = np.array(original.label_bias or (0.0,) * len(table), dtype=np.float64)
-    settings = dataclasses.replace(DEFAULTS, depth=model.typical_depth, masks=masks)
     fits: list[tuple[np.ndarray, np.ndarray]] = []  # (bias, volumes per sample) per iteration
+    errors: list[float] = []
     try:
         for iteration in range(iterations):
             mask_model.config = dataclasses.replace(original, label_bias=tuple(bias.tolist()))
             volumes = []
             for n in range(samples):
-                run = dataclasses.replace(settings, seed=seed + n)
-                labels = drain(generate_masks(model, run))
-                indices = table.to_channels(labels.data, f"calibration sample {n}")
-                anatomy = mask_anatomy(indices, len(table), labels.spacing)
-                volumes.append([0.0, *anatomy.volume_ml])  # indexed by channel
-                done = iteration * samples + n + 1
+                volumes.append(structure_volumes(model, seed + n, masks))
                 metrics = None
                 if n == samples - 1:
-                    error = volume_error(np.array(volumes)[:, channels], target)
-                    metrics = {"error": float(error)}
-                yield Progress("calibrate", done, iterations * samples, metrics=metrics)
+                    errors.append(volume_error(np.array(volumes)[:, channels], target))
+                    metrics = {"error": errors[-1]}
+                yield Progress(
+                    "calibrate", iteration * samples + n + 1, iterations * samples, metrics=metrics
+                )
             fits.append((bias.copy(), np.array(volumes)))
             bias[channels] += _secant_step(fits, channels, target)
     finally:
         mask_model.config = original
-    errors = [volume_error(v[:, channels], target) for _, v in fits]
     best = int(np.argmin(errors))
     kept_bias, kept_volumes = fits[best]
     return Calibration(
