@@ -10,6 +10,7 @@ import pytest
 
 from medgen3d.evaluation.anatomy import (
     COMPONENT_MARGIN,
+    ENCLOSED_FLOOR_ML,
     VOLUME_FACTOR,
     MaskAnatomy,
     compare_anatomy,
@@ -34,6 +35,7 @@ def _anatomy(volume_ml, components, continuity) -> MaskAnatomy:
         np.asarray(volume_ml, dtype=float),
         np.asarray(components, dtype=np.int64),
         np.asarray(continuity, dtype=float),
+        enclosed_ml=0.0,
     )
 
 
@@ -92,6 +94,21 @@ def test_continuity_is_the_mean_dice_over_occupied_slice_pairs():
         pairs = 11 - (gap.stop - gap.start + 1)  # intact pairs
         expected = pairs / (pairs + 2)
         assert mask_anatomy(labels, 2, (1, 1, 1)).continuity[0] == pytest.approx(expected)
+
+
+def test_enclosed_background_counts_holes_within_axial_slices():
+    labels = np.zeros(SHAPE, dtype=np.uint8)
+    labels[2:6, 2:8, 2:8] = 1
+    labels[2:6, 2:8, 5:8] = 2  # the ring is two structures; the hole is still enclosed
+    labels[2:6, 4:6, 4:6] = 0  # a 2 x 2 hole on 4 slices, open at both ends in 3-D
+    labels[8:10, 0:16, 3:6] = 1  # a band from edge to edge: background beside it is open
+    anatomy = mask_anatomy(labels, num_classes=3, spacing=(2.0, 1.0, 1.0))
+    assert anatomy.enclosed_ml == pytest.approx(16 * 2 / 1000)
+
+
+def test_background_around_labels_is_not_enclosed():
+    labels = _map((1, np.s_[1:4, 0:4, 0:5]), (2, np.s_[5:9, 6:12, 6:12]))
+    assert mask_anatomy(labels, num_classes=3, spacing=(1, 1, 1)).enclosed_ml == 0.0
 
 
 @pytest.mark.parametrize(
@@ -211,6 +228,21 @@ def test_volume_outside_the_plausible_range_is_flagged():
     assert reasons[0].startswith("liver volume")
     tiny = _stats(_map((1, np.s_[2:3, 2:4, 2:5])))  # 6 voxels, far below 60 / 2
     assert implausible(tiny, reference, NAMES)[0].startswith("liver volume")
+
+
+def test_holes_beyond_the_reference_and_the_floor_are_flagged():
+    reference = [_stats(m) for m in _reference()]  # no holes
+    liver = _map((1, np.s_[1:11, 1:15, 1:15]))
+    hole_ml = ENCLOSED_FLOOR_ML + 0.2  # 600 voxels of 2 mm³: 10 slices of 6 x 10
+    liver[1:11, 4:10, 3:13] = 0
+    reasons = implausible(_stats(liver), reference, NAMES)
+    assert reasons[-1] == (
+        f"{hole_ml:.2f} ml of background is enclosed by labelled tissue (holes within axial "
+        "slices); reference volumes have at most 0.00 ml"
+    )
+    liver[1:11, 4:10, 3:13] = 1
+    liver[1:11, 4:6, 3:13] = 0  # 200 voxels, 0.4 ml: under the floor
+    assert not any("enclosed" in r for r in implausible(_stats(liver), reference, NAMES))
 
 
 def test_broken_continuity_and_unknown_organs_are_flagged():

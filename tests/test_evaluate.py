@@ -82,6 +82,8 @@ def test_a_set_against_itself_has_zero_distance_and_equal_figures(real: Path, se
     for label in metrics["anatomy"].values():
         assert label["volume_wasserstein_ml"] == 0.0
     assert metrics["implausible_samples"] == {}
+    holes = metrics["enclosed_background_ml"]
+    assert holes["synthetic"] == holes["real"]
     # a segmenter that learned the phantom finds the "synthetic" masks in their images
     body_and_lungs = metrics["alignment_dice"]["synthetic"]["per_label"][:3]
     assert min(body_and_lungs) > 0.8
@@ -138,6 +140,7 @@ def test_tiny_evaluation_with_downstream_writes_a_complete_report(
     report = (out / "report.md").read_text()
     for section in ("## Alignment", "## Fidelity", "## Diversity", "## Mask anatomy"):
         assert section in report
+    assert "Background enclosed by labelled tissue (holes within axial slices)" in report
     assert "## Downstream segmentation" in report and "figures/downstream.png" in report
     with pytest.raises(OutputExistsError):
         write_report(result, out)

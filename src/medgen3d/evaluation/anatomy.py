@@ -1,9 +1,12 @@
-"""Anatomy of label maps: organ volumes, fragmentation and slice-to-slice continuity.
+"""Anatomy of label maps: organ volumes, fragmentation, slice-to-slice continuity and holes.
 
 Image metrics cannot tell a plausible mask from one with a missing lung or a heart in five
 pieces. These statistics can, per foreground label: how big it is (ml), in how many
 3-D connected pieces, and how smoothly it continues from one axial slice to the next,
-which is what breaks first when a volume is generated as a stack of slice sequences.
+which is what breaks first when a volume is generated as a stack of slice sequences. And
+per map: how much background lies enclosed by labelled tissue within an axial slice, the
+holes a sampler leaves where it is unsure which structure belongs (the image stage paints
+them as air inside the head), which no per-label figure shows.
 
 Label maps are ``(Z, H, W)`` arrays of channel indices ``0 .. C-1``, 0 the background;
 spacing is ``(z, y, x)`` in mm.
@@ -20,6 +23,7 @@ from scipy import ndimage, stats
 __all__ = [
     "COMPONENT_MARGIN",
     "CONTINUITY_MARGIN",
+    "ENCLOSED_FLOOR_ML",
     "VOLUME_FACTOR",
     "MaskAnatomy",
     "compare_anatomy",
@@ -36,6 +40,10 @@ VOLUME_FACTOR = 2.0
 COMPONENT_MARGIN = 2
 # And a continuity (a Dice, in [0, 1]) down to CONTINUITY_MARGIN below the reference minimum.
 CONTINUITY_MARGIN = 0.2
+# Enclosed background may reach VOLUME_FACTOR times the reference maximum, and always
+# ENCLOSED_FLOOR_ML: a few voxels left between two structures are harmless, and a reference
+# set without any holes must not make a single voxel a fault.
+ENCLOSED_FLOOR_ML = 1.0
 
 # 26-connectivity: voxels touching by a face, an edge or a corner are one piece. Thin
 # oblique structures (airways, vessels) at a few mm per voxel often touch only by edges;
@@ -56,15 +64,19 @@ class MaskAnatomy:
             alternate slices only or on a single slice; a one-slice gap inside a tube adds
             two pairs of Dice 0. The label's two ends are not counted as breaks, so the
             figure does not depend on how many slices an organ spans.
+        enclosed_ml: background enclosed by labelled voxels within an axial slice (holes
+            inside the labelled region, whatever labels surround them), in ml.
     """
 
     volume_ml: np.ndarray
     components: np.ndarray
     continuity: np.ndarray
+    enclosed_ml: float
 
 
 def mask_anatomy(labels: np.ndarray, num_classes: int, spacing: Sequence[float]) -> MaskAnatomy:
-    """Volume, connected components and continuity of every foreground label.
+    """Volume, connected components and continuity of every foreground label, and the
+    background enclosed by the labelled region.
 
     Args:
         labels: label map (Z, H, W) of channel indices in ``[0, num_classes)``.
@@ -73,7 +85,7 @@ def mask_anatomy(labels: np.ndarray, num_classes: int, spacing: Sequence[float])
             they are, so thicker slices naturally score lower.
 
     Returns:
-        The statistics, over channels 1..C-1.
+        The statistics, over channels 1..C-1 (and ``enclosed_ml`` for the whole map).
 
     Raises:
         ValueError: for a map that is not 3-D or holds values outside ``[0, num_classes)``,
@@ -102,7 +114,9 @@ def mask_anatomy(labels: np.ndarray, num_classes: int, spacing: Sequence[float])
         mask = labels == channel
         components[channel - 1] = ndimage.label(mask, structure=_CONNECTIVITY)[1]
         continuity[channel - 1] = _slice_continuity(mask)
-    return MaskAnatomy(counts * voxel_ml, components, continuity)
+    return MaskAnatomy(
+        counts * voxel_ml, components, continuity, _enclosed_background(labels) * voxel_ml
+    )
 
 
 def compare_anatomy(
@@ -157,9 +171,11 @@ def implausible(
     - has a volume outside ``[min / VOLUME_FACTOR, max * VOLUME_FACTOR]`` of the
       reference volumes (with 0 for those that lack it);
     - has more than ``COMPONENT_MARGIN`` connected components beyond the reference maximum;
-    - has a continuity more than ``CONTINUITY_MARGIN`` below the reference minimum.
+    - has a continuity more than ``CONTINUITY_MARGIN`` below the reference minimum;
 
-    Any member of the reference set passes against that set.
+    and the map is flagged when its enclosed background exceeds both ``VOLUME_FACTOR``
+    times the reference maximum and ``ENCLOSED_FLOOR_ML``. Any member of the reference set
+    passes against that set.
 
     Args:
         sample: statistics of the label map to check.
@@ -203,6 +219,12 @@ def implausible(
                 f"{name} slice-to-slice continuity {sample.continuity[i]:.2f} is well below "
                 f"the reference minimum {least:.2f}"
             )
+    most_enclosed = float(ref.enclosed_ml.max())
+    if sample.enclosed_ml > max(VOLUME_FACTOR * most_enclosed, ENCLOSED_FLOOR_ML):
+        reasons.append(
+            f"{sample.enclosed_ml:.2f} ml of background is enclosed by labelled tissue "
+            f"(holes within axial slices); reference volumes have at most {most_enclosed:.2f} ml"
+        )
     return reasons
 
 
@@ -216,6 +238,17 @@ def _slice_continuity(mask: np.ndarray) -> float:
     pair_areas = areas[first:last] + areas[first + 1 : last + 1]
     occupied = pair_areas > 0  # a gap of several empty slices adds only its two edges
     return float(np.mean(2.0 * overlap[occupied] / pair_areas[occupied]))
+
+
+def _enclosed_background(labels: np.ndarray) -> int:
+    """Background voxels of a (Z, H, W) map enclosed by labelled voxels within their slice.
+
+    Per axial slice, as a reader scrolls: a hole open at the top or bottom of a volume is
+    still a hole on every slice it crosses.
+    """
+    labelled = labels > 0
+    filled = np.stack([ndimage.binary_fill_holes(plane) for plane in labelled])
+    return int(np.count_nonzero(filled & ~labelled))
 
 
 def _check_names(anatomy: MaskAnatomy, names: Sequence[str]) -> None:
@@ -234,6 +267,7 @@ def _stack(anatomies: Sequence[MaskAnatomy], names: Sequence[str]) -> MaskAnatom
         np.stack([a.volume_ml for a in anatomies]),
         np.stack([a.components for a in anatomies]),
         np.stack([a.continuity for a in anatomies]),
+        np.array([a.enclosed_ml for a in anatomies]),
     )
 
 

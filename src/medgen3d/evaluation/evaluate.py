@@ -208,6 +208,11 @@ def evaluate(
         "fidelity": fidelity,
         "diversity": diversity,
         "anatomy": compare_anatomy(anatomy["real"], anatomy["synthetic"], names[1:]),
+        "enclosed_background_ml": {
+            kind: {"mean": float(np.mean(enclosed)), "max": float(np.max(enclosed))}
+            for kind, masks in anatomy.items()
+            if (enclosed := [a.enclosed_ml for a in masks])
+        },
         "implausible_samples": flagged,
         "downstream_dice": downstream,
     }

@@ -215,6 +215,15 @@ def _anatomy_section(metrics: dict[str, Any]) -> list[str]:
         "![anatomy](figures/anatomy.png)",
         "",
     ]
+    if enclosed := metrics.get("enclosed_background_ml"):  # absent from older reports
+        real, synthetic = enclosed["real"], enclosed["synthetic"]
+        lines += [
+            "Background enclosed by labelled tissue (holes within axial slices): "
+            f"{_num(synthetic['mean'])} ml per synthetic mask on average (at most "
+            f"{_num(synthetic['max'])}), {_num(real['mean'])} ml per real one (at most "
+            f"{_num(real['max'])}).",
+            "",
+        ]
     flagged, total = metrics["implausible_samples"], metrics["cases"]["synthetic"]
     if flagged:
         lines += [f"Implausible synthetic masks ({len(flagged)} of {total}):", ""]
