@@ -92,9 +92,10 @@ def test_calibrate_writes_a_model_that_samples_with_the_fitted_factors(
     out = tmp_path / "calibrated"
     command = ["calibrate", "--model", str(source), "--data", str(data), "--out", str(out)]
     options = ["--iterations", "2", "--samples", "1", "--steps", "2", "--device", "cpu"]
-    assert main(command + options) == 0
+    assert main([*command, *options, "--fill-holes"]) == 0
 
     calibrated = load_model(out)
+    assert calibrated.stage("masks").config.fill_holes  # sampled as fitted
     record = calibrated.checkpoints["masks"].config["provenance"]["calibration"]
     bias = calibrated.stage("masks").config.label_bias
     assert bias == tuple(record["bias"]) and len(bias) == len(TINY_DATA.labels)
@@ -106,7 +107,8 @@ def test_calibrate_writes_a_model_that_samples_with_the_fitted_factors(
             for name, tensor in value.items():
                 assert torch.equal(calibrated.checkpoints[stage].weights[key][name], tensor)
     assert main(["info", str(out)]) == 0
-    assert "volumes calibrated on" in capsys.readouterr().out
+    described = capsys.readouterr().out
+    assert "volumes calibrated on" in described and "(fill_holes)" in described
 
     before = (out / "masks.pt").read_bytes()
     assert main(command + options) == 2  # never over an earlier model

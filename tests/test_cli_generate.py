@@ -54,6 +54,13 @@ def test_undo_weighting_is_recorded_and_checked(
     assert "undo weighting must be in [0, 1], got 1.5" in capsys.readouterr().err
 
 
+def test_fill_holes_is_recorded(tiny_model: Path, tmp_path: Path) -> None:
+    for flag, recorded in (("--fill-holes", True), ("--no-fill-holes", False)):
+        assert _generate(tiny_model, tmp_path / flag, flag, "--stage", "masks") == 0
+        sidecar = json.loads((tmp_path / flag / "sample_0000.json").read_text())
+        assert sidecar["settings"]["masks"]["fill_holes"] is recorded
+
+
 def test_sample_i_does_not_depend_on_n(tiny_model: Path, tmp_path: Path) -> None:
     assert _generate(tiny_model, tmp_path / "one", "-n", "1", "--stage", "masks") == 0
     assert _generate(tiny_model, tmp_path / "three", "-n", "3", "--stage", "masks") == 0

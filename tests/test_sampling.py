@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from medgen3d.errors import InputError
+from medgen3d.foreground import ForegroundFill
+from medgen3d.holes import enclosed_in_slices
 from medgen3d.labels import bundled_table
 from medgen3d.preprocessing import Preprocessing
 from medgen3d.progress import Progress, drain
@@ -151,6 +153,39 @@ def test_ddpm_sampler_runs_every_training_step(model: MaskDiffusionModel) -> Non
     reports = []
     out = drain(sample_mask_volume(short, 4, seed=0, sampler="ddpm"), reports.append)
     assert out.shape == (4, 8, 8) and len(reports) == 5
+
+
+def test_fill_holes_closes_generated_slices_and_keeps_seeded_ones(
+    model: MaskDiffusionModel,
+) -> None:
+    labels, known = _seeds(13, [0, 6, 12])
+    assert enclosed_in_slices(labels[known]).any()  # the seeds have holes of their own
+    raw = _sample(model, 13, known_labels=labels, known=known)
+    assert enclosed_in_slices(raw[~known]).any()  # so that filling has work to do
+    filled = _sample(model, 13, known_labels=labels, known=known, fill_holes=True)
+    np.testing.assert_array_equal(filled[known], labels[known])
+    assert not enclosed_in_slices(filled[~known]).any()
+    own = dataclasses.replace(model, config=dataclasses.replace(model.config, fill_holes=True))
+    np.testing.assert_array_equal(_sample(own, 13, known_labels=labels, known=known), filled)
+    overridden = _sample(own, 13, known_labels=labels, known=known, fill_holes=False)
+    np.testing.assert_array_equal(overridden, raw)
+
+
+def test_structures_close_over_the_unlabelled_subject_first() -> None:
+    subject = TABLE.values[-1]
+    data = dataclasses.replace(DATA, foreground_fill=ForegroundFill(subject))
+    model = MaskDiffusionModel.build(data, MaskNetworkConfig.from_dict(CONFIG))
+    channel = len(TABLE) - 1
+    assert model.subject_channel == channel
+    labels = np.full((1, 9, 9), channel, dtype=np.uint8)  # the subject fills the slice
+    labels[0, 2:7, 2:7] = 1  # a structure inside it
+    labels[0, 4, 4] = channel  # with an island of the subject
+    labels[0, 7, 7] = 0  # a hole in the subject outside the structure
+    labels[0, 0, :] = 0  # and background around it all
+    expected = labels.copy()
+    expected[0, 4, 4] = 1
+    expected[0, 7, 7] = channel
+    np.testing.assert_array_equal(model.fill_holes(labels), expected)
 
 
 @pytest.mark.parametrize(

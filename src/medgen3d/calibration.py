@@ -201,9 +201,9 @@ def save_calibrated(
 ) -> list[Path]:
     """Write ``model`` to the folder ``out`` with inference weights only (as
     :func:`~medgen3d.model.pack_model` does) and ``calibration`` in its mask stage: the
-    factors as ``label_bias``, the sampler's ``undo_weighting`` they were fitted with (when
-    one was given) as the stage's own, and the evidence in provenance ``calibration`` with
-    the ``data`` folder the targets came from.
+    factors as ``label_bias``, the sampler's ``undo_weighting`` and ``fill_holes`` they were
+    fitted with (when given) as the stage's own, and the evidence in provenance
+    ``calibration`` with the ``data`` folder the targets came from.
 
     Raises:
         OutputExistsError: when ``out`` already holds a stage file and not ``overwrite``.
@@ -212,6 +212,8 @@ def save_calibrated(
     network = {**masks.config["model"], "label_bias": list(calibration.bias)}
     if calibration.masks.undo_weighting is not None:
         network["undo_weighting"] = calibration.masks.undo_weighting
+    if calibration.masks.fill_holes is not None:
+        network["fill_holes"] = calibration.masks.fill_holes
     provenance = {
         **masks.config.get("provenance", {}),
         "calibration": {**calibration.to_dict(), "data": str(Path(data).resolve())},

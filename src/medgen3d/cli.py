@@ -260,10 +260,22 @@ def _add_mask_sampling(p: argparse.ArgumentParser) -> None:
         help="for masks trained with label weighting: the power of the weights divided out "
         "when sampling, 0-1; lower draws small structures larger (default: the model's)",
     )
+    p.add_argument(
+        "--fill-holes",
+        action=argparse.BooleanOptionalAction,
+        help="close the holes sampling leaves inside each generated slice: background (or "
+        "the derived head/body label) enclosed by structures takes the nearest structure's "
+        "label (default: the model's)",
+    )
 
 
 def _mask_settings(args: argparse.Namespace) -> MaskSettings:
-    return MaskSettings(sampler=args.sampler, steps=args.steps, undo_weighting=args.undo_weighting)
+    return MaskSettings(
+        sampler=args.sampler,
+        steps=args.steps,
+        undo_weighting=args.undo_weighting,
+        fill_holes=args.fill_holes,
+    )
 
 
 def _run_generate(args: argparse.Namespace) -> None:

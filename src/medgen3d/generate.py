@@ -109,6 +109,7 @@ def generate_masks(
         sampler=settings.masks.sampler,
         steps=settings.masks.steps,
         undo_weighting=settings.masks.undo_weighting,
+        fill_holes=settings.masks.fill_holes,
         size=grid.shape[1:],
         known_labels=known_labels,
         known=known,

@@ -144,6 +144,8 @@ class GenerativeModel:
                     f"(mean |log volume / training median| {calibration['error']:.2f}, "
                     f"{calibration['masks']['sampler']} {calibration['masks']['steps']} steps)"
                 )
+            if self.checkpoints[name].config["model"].get("fill_holes"):
+                lines.append(f"{'':9s}closes the holes in each generated slice (fill_holes)")
         return "\n".join(lines)
 
     def _training_data(self) -> list[str]:

@@ -78,11 +78,15 @@ class MaskSettings:
         undo_weighting: for a model trained with label weighting, the power of its label
             weights divided out of its estimates, in [0, 1]: lower draws small structures
             larger. ``None`` keeps the model's own (its ``undo_weighting``).
+        fill_holes: close the holes sampling leaves inside each generated slice
+            (background or the unlabelled subject enclosed by structures). ``None`` keeps
+            the model's own (its ``fill_holes``).
     """
 
     sampler: MaskSampler = MaskSampler.DDIM
     steps: int = 25
     undo_weighting: float | None = None
+    fill_holes: bool | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sampler", _member(MaskSampler, self.sampler, "mask sampler"))
@@ -90,6 +94,8 @@ class MaskSettings:
             raise InputError(f"mask steps must be at least 1, got {self.steps}")
         if self.undo_weighting is not None and not 0.0 <= self.undo_weighting <= 1.0:
             raise InputError(f"undo weighting must be in [0, 1], got {self.undo_weighting}")
+        if self.fill_holes not in (None, True, False):
+            raise InputError(f"fill holes must be true, false or unset, got {self.fill_holes!r}")
 
 
 @dataclass(frozen=True)

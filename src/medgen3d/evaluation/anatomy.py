@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage, stats
 
+from medgen3d.holes import enclosed_in_slices
+
 __all__ = [
     "COMPONENT_MARGIN",
     "CONTINUITY_MARGIN",
@@ -114,9 +116,8 @@ def mask_anatomy(labels: np.ndarray, num_classes: int, spacing: Sequence[float])
         mask = labels == channel
         components[channel - 1] = ndimage.label(mask, structure=_CONNECTIVITY)[1]
         continuity[channel - 1] = _slice_continuity(mask)
-    return MaskAnatomy(
-        counts * voxel_ml, components, continuity, _enclosed_background(labels) * voxel_ml
-    )
+    enclosed = np.count_nonzero(enclosed_in_slices(labels))
+    return MaskAnatomy(counts * voxel_ml, components, continuity, enclosed * voxel_ml)
 
 
 def compare_anatomy(
@@ -238,17 +239,6 @@ def _slice_continuity(mask: np.ndarray) -> float:
     pair_areas = areas[first:last] + areas[first + 1 : last + 1]
     occupied = pair_areas > 0  # a gap of several empty slices adds only its two edges
     return float(np.mean(2.0 * overlap[occupied] / pair_areas[occupied]))
-
-
-def _enclosed_background(labels: np.ndarray) -> int:
-    """Background voxels of a (Z, H, W) map enclosed by labelled voxels within their slice.
-
-    Per axial slice, as a reader scrolls: a hole open at the top or bottom of a volume is
-    still a hole on every slice it crosses.
-    """
-    labelled = labels > 0
-    filled = np.stack([ndimage.binary_fill_holes(plane) for plane in labelled])
-    return int(np.count_nonzero(filled & ~labelled))
 
 
 def _check_names(anatomy: MaskAnatomy, names: Sequence[str]) -> None:

@@ -40,6 +40,7 @@ def sample_mask_volume(
     sampler: str = "ddim",
     steps: int = 25,
     undo_weighting: float | None = None,
+    fill_holes: bool | None = None,
     size: tuple[int, int] | None = None,
     known_labels: np.ndarray | None = None,
     known: np.ndarray | None = None,
@@ -58,6 +59,9 @@ def sample_mask_volume(
         steps: denoising steps per sequence (ancestral DDPM always takes ``T``).
         undo_weighting: power of the label weights divided out of every estimate
             (:meth:`MaskDiffusionModel.sampling_estimate`); ``None``: the model's own.
+        fill_holes: close the holes in each generated slice
+            (:meth:`MaskDiffusionModel.fill_holes`) before it conditions the next
+            sequence; ``None``: the model's own setting.
         size: in-plane ``(H, W)``; defaults to ``known_labels``' size, then the model's
             training size.
         known_labels: ``(Z, H, W)`` channel indices of user-seeded slices (ignored where
@@ -86,6 +90,8 @@ def sample_mask_volume(
         raise InputError(f"start_position must be in [0, 1], got {start_position}")
     schedule = model.diffusion.sampler(sampler, steps, device=model.device)
     rng = torch.Generator().manual_seed(_check_seed(seed))
+    if fill_holes is None:
+        fill_holes = model.config.fill_holes
     output = np.zeros((depth, height, width), dtype=np.uint8)
     if known_labels is not None:
         output[filled] = known_labels[filled]
@@ -93,7 +99,9 @@ def sample_mask_volume(
     per_sequence = len(schedule.timesteps)
     for n, start in enumerate(starts):
         window = slice(start, start + model.length)
-        sequence = _sample_sequence(model, schedule, output, filled, start, rng, undo_weighting)
+        sequence = _sample_sequence(
+            model, schedule, output, filled, start, rng, undo_weighting, fill_holes
+        )
         for i, estimate in enumerate(sequence, start=1):
             done = n * per_sequence + i
             preview = None
@@ -141,11 +149,13 @@ def _sample_sequence(
     start: int,
     rng: torch.Generator,
     undo_weighting: float | None,
+    fill_holes: bool,
 ) -> Iterator[np.ndarray]:
     """Denoise the sequence at ``start``; its slices already ``filled`` are known.
 
     Yields the current label estimate ``(L, H, W)`` after every step, and writes the
-    unknown slices into ``output`` before the last yield.
+    unknown slices into ``output`` (their holes closed when ``fill_holes``) before the last
+    yield.
     """
     device, length = model.device, model.length
     window = slice(start, start + length)
@@ -176,6 +186,8 @@ def _sample_sequence(
             yield step.predicted.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
         else:
             labels = step.sample.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
+            if fill_holes:
+                labels[~known_np] = model.fill_holes(labels[~known_np])
             output[window][~known_np] = labels[~known_np]
             yield labels
 
