@@ -38,6 +38,7 @@ from medgen3d.train.bank import CaseBank
 __all__ = [
     "Calibration",
     "calibrate_masks",
+    "sample_channels",
     "save_calibrated",
     "structure_volumes",
     "training_volumes",
@@ -110,17 +111,24 @@ def training_volumes(model: GenerativeModel, data_dir: str | Path) -> dict[str, 
     }
 
 
+def sample_channels(
+    model: GenerativeModel, seed: int, masks: MaskSettings = DEFAULTS.masks
+) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """One whole label volume sampled with ``seed`` at the model's typical depth, as
+    channel indices, and its spacing: what calibration fits and the mask benchmarks
+    measure."""
+    settings = dataclasses.replace(DEFAULTS, seed=seed, depth=model.typical_depth, masks=masks)
+    labels = drain(generate_masks(model, settings))
+    return model.data.labels.to_channels(labels.data, f"sample {seed}"), labels.spacing
+
+
 def structure_volumes(
     model: GenerativeModel, seed: int, masks: MaskSettings = DEFAULTS.masks
 ) -> np.ndarray:
-    """The volume (ml) of each label channel in one whole label volume sampled with
-    ``seed`` at the model's typical depth (0 for the background): what calibration fits and
-    ``benchmarks/bench_mask_volumes.py`` prints."""
-    settings = dataclasses.replace(DEFAULTS, seed=seed, depth=model.typical_depth, masks=masks)
-    labels = drain(generate_masks(model, settings))
-    table = model.data.labels
-    indices = table.to_channels(labels.data, f"sample {seed}")
-    anatomy = mask_anatomy(indices, len(table), labels.spacing)
+    """The volume (ml) of each label channel in :func:`sample_channels`' volume (0 for the
+    background)."""
+    channels, spacing = sample_channels(model, seed, masks)
+    anatomy = mask_anatomy(channels, len(model.data.labels), spacing)
     return np.array([0.0, *anatomy.volume_ml])
 
 
