@@ -12,6 +12,8 @@ TOOLTIPS = {
     "samples": "How many pairs to generate; sample i uses a seed derived from (seed, i).",
     "sampler": "Denoising sampler: ddim or rflow are fast; ddpm takes every training step.",
     "steps": "Denoising steps per sequence: fewer is faster, more is more faithful.",
+    "fill_holes": "Background left enclosed by structures in a generated slice takes the "
+    "nearest structure's label (set from the model; painted slices are never changed).",
     "strength": "How much the refiner may change the image: 0 keeps it as generated, "
     "1 re-draws it entirely from the mask.",
     "refine_steps": "Denoising steps of the refiner.",

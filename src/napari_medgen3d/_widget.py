@@ -87,6 +87,7 @@ SECTIONS = {
         "samples",
         "sampler",
         "steps",
+        "fill_holes",
         "strength",
         "refine_steps",
         "refine_sampler",
@@ -168,6 +169,8 @@ class MedGen3DWidget(Container):
             choices=choices(MaskSampler), value=DEFAULTS.masks.sampler, label="Sampler"
         )
         self._steps = SpinBox(value=DEFAULTS.masks.steps, min=1, max=1000, label="Steps")
+        # set to the loaded model's own setting; unticked shows the masks as sampled
+        self._fill_holes = CheckBox(value=False, text="Close holes in generated slices")
         self._strength = FloatSlider(
             value=DEFAULTS.refiner.strength, min=0.0, max=1.0, step=0.05, label="Refine strength"
         )
@@ -463,6 +466,8 @@ class MedGen3DWidget(Container):
             self._info.tooltip = self._model.describe()
             if self._depth.value == self._depth_default:  # not changed by the user
                 self._depth.value = self._depth_default = self._model.typical_depth
+            if "masks" in model.stages:
+                self._fill_holes.value = model.stage("masks").config.fill_holes
             self._pending = then  # runs once this worker has finished and cleaned up
 
         self._start(load, on_result=loaded, needs_model=False)
@@ -621,7 +626,12 @@ class MedGen3DWidget(Container):
         return GenerationSettings(
             seed=int(self._seed.value),
             depth=int(self._depth.value),
-            masks=MaskSettings(sampler=str(self._sampler.value), steps=int(self._steps.value)),
+            masks=MaskSettings(
+                sampler=str(self._sampler.value),
+                steps=int(self._steps.value),
+                # before a model is loaded the box has not shown its setting yet
+                fill_holes=None if self._model is None else bool(self._fill_holes.value),
+            ),
             refiner=RefineSettings(
                 strength=float(self._strength.value),
                 steps=int(self._refine_steps.value),
