@@ -61,6 +61,24 @@ def test_fill_holes_is_recorded(tiny_model: Path, tmp_path: Path) -> None:
         assert sidecar["settings"]["masks"]["fill_holes"] is recorded
 
 
+def test_pack_model_sets_the_mask_sampling_the_model_ships_with(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    from medgen3d.checkpoint import load_checkpoint
+    from medgen3d.model import load_model
+
+    out = tmp_path / "packed"
+    command = ["pack-model", "--in", str(tiny_model), "--out", str(out)]
+    assert main([*command, "--fill-holes", "--undo-weighting", "0.5"]) == 0
+    config = load_model(out).stage("masks").config
+    assert config.fill_holes and config.undo_weighting == 0.5
+    packed, source = load_checkpoint(out / "masks.pt"), load_checkpoint(tiny_model / "masks.pt")
+    for name, tensor in source.weights["network"].items():
+        assert np.array_equal(packed.weights["network"][name].numpy(), tensor.numpy())
+    assert main([*command, "--no-fill-holes", "--overwrite"]) == 0
+    assert not load_model(out).stage("masks").config.fill_holes
+
+
 def test_sample_i_does_not_depend_on_n(tiny_model: Path, tmp_path: Path) -> None:
     assert _generate(tiny_model, tmp_path / "one", "-n", "1", "--stage", "masks") == 0
     assert _generate(tiny_model, tmp_path / "three", "-n", "3", "--stage", "masks") == 0

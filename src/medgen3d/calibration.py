@@ -30,7 +30,7 @@ from medgen3d.checkpoint import Checkpoint
 from medgen3d.errors import InputError
 from medgen3d.evaluation.anatomy import mask_anatomy
 from medgen3d.generate import generate_masks
-from medgen3d.model import GenerativeModel, save_model
+from medgen3d.model import GenerativeModel, save_model, with_mask_sampling
 from medgen3d.progress import Progress, ProgressGenerator, drain
 from medgen3d.settings import DEFAULTS, MaskSettings
 from medgen3d.train.bank import CaseBank
@@ -216,12 +216,8 @@ def save_calibrated(
     Raises:
         OutputExistsError: when ``out`` already holds a stage file and not ``overwrite``.
     """
-    masks = model.checkpoints["masks"]
+    masks = with_mask_sampling(model.checkpoints["masks"], calibration.masks)
     network = {**masks.config["model"], "label_bias": list(calibration.bias)}
-    if calibration.masks.undo_weighting is not None:
-        network["undo_weighting"] = calibration.masks.undo_weighting
-    if calibration.masks.fill_holes is not None:
-        network["fill_holes"] = calibration.masks.fill_holes
     provenance = {
         **masks.config.get("provenance", {}),
         "calibration": {**calibration.to_dict(), "data": str(Path(data).resolve())},

@@ -254,6 +254,11 @@ def _add_mask_sampling(p: argparse.ArgumentParser) -> None:
         help="mask denoising steps per sequence (default: %(default)s)",
     )
     p.add_argument("--sampler", default=DEFAULTS.masks.sampler, choices=choices(MaskSampler))
+    _add_mask_model_settings(p)
+
+
+def _add_mask_model_settings(p: argparse.ArgumentParser) -> None:
+    """The sampling settings a mask model holds as its own (``pack-model`` sets them)."""
     p.add_argument(
         "--undo-weighting",
         type=float,
@@ -610,6 +615,7 @@ def _add_pack_model(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--in", dest="source", required=True, help="folder with masks.pt etc.")
     p.add_argument("--out", required=True, help="model folder to write")
+    _add_mask_model_settings(p)
     p.add_argument("--overwrite", action="store_true", help="replace existing stage files")
     p.set_defaults(run=_run_pack_model)
 
@@ -618,7 +624,10 @@ def _run_pack_model(args: argparse.Namespace) -> None:
     from medgen3d.model import pack_model
 
     check_output_folder(args.out)
-    for path in pack_model(args.source, args.out, overwrite=args.overwrite):
+    masks = None
+    if args.undo_weighting is not None or args.fill_holes is not None:
+        masks = MaskSettings(undo_weighting=args.undo_weighting, fill_holes=args.fill_holes)
+    for path in pack_model(args.source, args.out, overwrite=args.overwrite, masks=masks):
         log.info("wrote %s (%.1f MB)", path, path.stat().st_size / 1e6)
 
 

@@ -28,6 +28,7 @@ from medgen3d.bundled import BUNDLED_MODELS, DEMO, bundled_model_path, bundled_m
 from medgen3d.checkpoint import MODEL_STAGES, Checkpoint, load_checkpoint, save_checkpoint
 from medgen3d.errors import InputError
 from medgen3d.recipe import DataSpec
+from medgen3d.settings import MaskSettings
 
 __all__ = [
     "BUNDLED_MODELS",
@@ -207,12 +208,23 @@ def load_model(spec: str | Path = DEMO, device: torch.device | str = "cpu") -> G
     return GenerativeModel(data, stages, checkpoints, source, _digest(list(files.values())))
 
 
-def pack_model(source: str | Path, out: str | Path, *, overwrite: bool = False) -> list[Path]:
-    """Copy the stage checkpoints in ``source`` to ``out`` with inference weights only.
+def pack_model(
+    source: str | Path,
+    out: str | Path,
+    *,
+    overwrite: bool = False,
+    masks: MaskSettings | None = None,
+) -> list[Path]:
+    """Copy the stage checkpoints in ``source`` to ``out`` with inference weights only,
+    and ``masks``' sampling settings, where given, as the mask stage's own
+    (:func:`with_mask_sampling`).
 
     Training runs save optimiser state and raw weights for ``--resume``; a model to ship
     needs neither, which makes it several times smaller. The stages are checked against
     each other (:func:`load_model`'s rules) before anything is written.
+
+    Raises:
+        InputError: for sampling settings and a source without a mask stage.
     """
     files = _stage_files(Path(source), str(source))
     checkpoints: dict[str, Checkpoint] = {}
@@ -220,7 +232,24 @@ def pack_model(source: str | Path, out: str | Path, *, overwrite: bool = False) 
         checkpoint = _load_stage(file, expected)
         checkpoints[checkpoint.stage] = checkpoint
     _shared_data_spec(checkpoints)
+    if masks is not None:
+        if "masks" not in checkpoints:
+            raise InputError("has no masks stage to set sampling settings for", source)
+        checkpoints["masks"] = with_mask_sampling(checkpoints["masks"], masks)
     return save_model(checkpoints.values(), out, overwrite=overwrite)
+
+
+def with_mask_sampling(checkpoint: Checkpoint, masks: MaskSettings) -> Checkpoint:
+    """The mask stage ``checkpoint`` with ``masks``' ``undo_weighting`` and ``fill_holes``,
+    where given, as its own: settings read only when sampling, so a model is shipped with
+    the ones chosen for it, without retraining."""
+    network = dict(checkpoint.config["model"])
+    for key in ("undo_weighting", "fill_holes"):
+        value = getattr(masks, key)
+        if value is not None:
+            network[key] = value
+    config = {**checkpoint.config, "model": network}
+    return Checkpoint(checkpoint.stage, config, checkpoint.weights, checkpoint.training)
 
 
 def save_model(
