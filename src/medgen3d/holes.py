@@ -27,9 +27,7 @@ __all__ = ["enclosed_in_slices", "fill_enclosed"]
 def enclosed_in_slices(labels: np.ndarray, unlabelled: Collection[int] = (0,)) -> np.ndarray:
     """Which voxels of a ``(Z, H, W)`` map hold one of the ``unlabelled`` values and are
     enclosed, within their axial slice, by voxels holding any other value."""
-    tissue = ~np.isin(labels, list(unlabelled))
-    filled = np.stack([ndimage.binary_fill_holes(plane) for plane in tissue])
-    return filled & ~tissue
+    return _enclosed(~np.isin(labels, list(unlabelled)))
 
 
 def fill_enclosed(labels: np.ndarray, unlabelled: Collection[int] = (0,)) -> np.ndarray:
@@ -39,12 +37,16 @@ def fill_enclosed(labels: np.ndarray, unlabelled: Collection[int] = (0,)) -> np.
     The nearest labelled voxel splits a hole between the structures around it along its
     midline, as a contour drawn through it would.
     """
-    holes = enclosed_in_slices(labels, unlabelled)
+    tissue = ~np.isin(labels, list(unlabelled))
+    holes = _enclosed(tissue)
     filled = labels.copy()
     for z in np.flatnonzero(holes.any(axis=(1, 2))):
-        plane = filled[z]
-        unlabelled_plane = np.isin(plane, list(unlabelled))
-        _, (rows, cols) = ndimage.distance_transform_edt(unlabelled_plane, return_indices=True)
-        hole = holes[z]
+        _, (rows, cols) = ndimage.distance_transform_edt(~tissue[z], return_indices=True)
+        hole, plane = holes[z], filled[z]
         plane[hole] = plane[rows[hole], cols[hole]]
     return filled
+
+
+def _enclosed(tissue: np.ndarray) -> np.ndarray:
+    """The voxels outside ``tissue`` that ``tissue`` encloses within their axial slice."""
+    return np.stack([ndimage.binary_fill_holes(plane) for plane in tissue]) & ~tissue

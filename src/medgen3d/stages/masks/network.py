@@ -523,8 +523,8 @@ class MaskDiffusionModel:
         First the structures close: background and the unlabelled subject enclosed by them
         take the nearest structure's channel (in 30 brain training masks at most 2.7 ml of
         head lies enclosed by the brain's structures, in samples islands of up to 27 ml).
-        Then background enclosed by anything labelled, the subject
-        included, takes the nearest labelled channel.
+        Then background enclosed by anything labelled, the subject included, takes the
+        nearest labelled channel.
         """
         if self.subject_channel is None:
             return fill_enclosed(labels, (0,))
