@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from _stage_data import phantom_spec, write_small_phantoms, write_tiny_model
 from medgen3d.cli import main
@@ -23,6 +24,7 @@ from medgen3d.evaluation.segmenter import (
     dice_per_label,
     train_segmenter,
 )
+from medgen3d.foreground import ForegroundFill
 from medgen3d.io import load_pair, save_volume
 from medgen3d.progress import drain
 from medgen3d.train.bank import CaseBank
@@ -360,3 +362,24 @@ def test_check_translates_label_maps_with_a_mapping(real: Path, ranges, tmp_path
     mapping = {100 + v: v for v in DATA.labels.values}
     [result] = drain(check_pairs(pairs, DATA, ranges, label_mapping=mapping))
     assert result.ok and {c.name for c in result.labels} >= {"body", "heart"}
+
+
+def test_synthetic_masks_are_scored_as_generated_without_deriving_the_subject_again(
+    real: Path, segmenter, tmp_path: Path
+) -> None:
+    """With a derived subject label (the brain's "head"), holes a generator leaves inside the
+    subject must still count: deriving the label again would fill them with it."""
+    body = DATA.labels.value_of("body")
+    derived = dataclasses.replace(DATA, foreground_fill=ForegroundFill(body))
+    holed = tmp_path / "holed"
+    holed.mkdir()
+    in_plane = np.ones((1, 3, 3), bool)
+    for case in discover_pairs(real):
+        image, label = load_pair(case.image, case.label)
+        inner_body = ndimage.binary_erosion(label.data == body, in_plane, iterations=2)
+        save_volume(image, holed / case.image.name)
+        save_volume(label.with_data(np.where(inner_body, 0, label.data)), holed / case.label.name)
+    metrics = drain(evaluate(real, holed, derived, QUICK, segmenter=segmenter)).metrics
+    holes = metrics["enclosed_background_ml"]
+    assert holes["real"]["max"] == 0.0
+    assert holes["synthetic"]["mean"] > 0.1

@@ -169,7 +169,10 @@ def evaluate(
         raise InputError("images from real masks need the model (--model)")
     names, num_classes = data.labels.names, len(data.labels)
     real = CaseBank.from_folder(real_dir, data)
-    synthetic = CaseBank.from_folder(synthetic_dir, dataclasses.replace(data, label_mapping=None))
+    # Synthetic masks are in the model's table and already carry any derived subject label:
+    # deriving it again would cover the holes the generator left, the faults measured here.
+    as_generated = dataclasses.replace(data, label_mapping=None, foreground_fill=None)
+    synthetic = CaseBank.from_folder(synthetic_dir, as_generated)
     train_ids, held_ids, reference = _split(real, settings, real_dir)
     segmenter_source = "given" if segmenter is not None else "trained on the real set"
     if segmenter is None:
