@@ -1,15 +1,18 @@
-"""How many holes a mask model leaves in its slices, and what ``fill_holes`` does to the
-anatomy check.
+"""How many holes a mask model leaves in its slices, and what ``fill_holes`` and
+removing small islands do to the anatomy check.
 
     python benchmarks/bench_mask_holes.py MODEL --data TRAINING_DATA [--cases 30]
-        [--samples 4] [--seed 1000] [--steps 25]
+        [--samples 4] [--seed 1000] [--steps 25] [--islands VOXELS ...]
 
 The reference is the first ``--cases`` training cases in ``--data`` (never a held-out
 one) on the model grid. For them, and for ``--samples`` whole label volumes (seeds
 ``--seed``, ...) sampled once without and once with ``fill_holes`` (same seeds), prints the
 background enclosed within axial slices (ml), the derived subject label (the brain's head)
 enclosed by the structures (ml), and the faults the anatomy check
-(:func:`medgen3d.evaluation.anatomy.implausible`) finds against the reference.
+(:func:`medgen3d.evaluation.anatomy.implausible`) finds against the reference; then, for
+each ``--islands`` size, the faults left in the filled samples once their islands of fewer
+voxels are removed (:func:`medgen3d.islands.remove_islands`). Samples are drawn with the
+model's own ``min_island_voxels`` off, so the sizes compare from none.
 Run by hand, never in CI.
 """
 
@@ -25,6 +28,7 @@ from medgen3d.calibration import sample_channels
 from medgen3d.datasets import discover_pairs
 from medgen3d.evaluation.anatomy import implausible, mask_anatomy
 from medgen3d.holes import enclosed_in_slices
+from medgen3d.islands import remove_islands
 from medgen3d.model import load_model
 from medgen3d.recipe import DataSpec
 from medgen3d.settings import DEFAULTS
@@ -39,6 +43,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--seed", type=int, default=1000)
     parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--islands", type=int, nargs="*", default=[], metavar="VOXELS")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -61,17 +66,30 @@ def main() -> None:
     print(f"{len(reference)} training cases: {header}")
     for name, channels in zip(reference.names, reference.labels, strict=True):
         print(f"  {name:24s} {holes_ml(channels)}")
+
+    def faults(channels: np.ndarray) -> list[str]:
+        anatomy = mask_anatomy(channels, len(table), spacing)
+        return implausible(anatomy, anatomies, table.names[1:])
+
+    filled = []
     for fill in (False, True):
-        masks = dataclasses.replace(DEFAULTS.masks, steps=args.steps, fill_holes=fill)
+        masks = dataclasses.replace(
+            DEFAULTS.masks, steps=args.steps, fill_holes=fill, min_island_voxels=0
+        )
         print(f"samples, fill_holes {fill}: {header}, faults")
         for seed in range(args.seed, args.seed + args.samples):
             channels, _ = sample_channels(model, seed, masks)
-            faults = implausible(
-                mask_anatomy(channels, len(table), spacing), anatomies, table.names[1:]
-            )
-            print(f"  seed {seed:<18d} {holes_ml(channels)} {len(faults):3d}")
-            for fault in faults:
-                print(f"      {fault}")
+            found = faults(channels)
+            print(f"  seed {seed:<18d} {holes_ml(channels)} {len(found):3d}")
+            print("".join(f"      {fault}\n" for fault in found), end="")
+            if fill:
+                filled.append(channels)
+    for size in args.islands:
+        print(f"filled samples, islands under {size} voxels removed: faults")
+        for seed, channels in enumerate(filled, start=args.seed):
+            found = faults(remove_islands(channels, size))
+            print(f"  seed {seed:<18d} {len(found):3d}")
+            print("".join(f"      {fault}\n" for fault in found), end="")
 
 
 def _training_cases(root: str, spec: DataSpec, count: int) -> CaseBank:

@@ -54,11 +54,16 @@ def test_undo_weighting_is_recorded_and_checked(
     assert "undo weighting must be in [0, 1], got 1.5" in capsys.readouterr().err
 
 
-def test_fill_holes_is_recorded(tiny_model: Path, tmp_path: Path) -> None:
-    for flag, recorded in (("--fill-holes", True), ("--no-fill-holes", False)):
-        assert _generate(tiny_model, tmp_path / flag, flag, "--stage", "masks") == 0
-        sidecar = json.loads((tmp_path / flag / "sample_0000.json").read_text())
-        assert sidecar["settings"]["masks"]["fill_holes"] is recorded
+def test_fill_holes_and_islands_are_recorded(tiny_model: Path, tmp_path: Path) -> None:
+    cases = (
+        (["--fill-holes"], "fill_holes", True),
+        (["--no-fill-holes"], "fill_holes", False),
+        (["--min-island", "5"], "min_island_voxels", 5),
+    )
+    for n, (flags, key, recorded) in enumerate(cases):
+        assert _generate(tiny_model, tmp_path / str(n), *flags, "--stage", "masks") == 0
+        sidecar = json.loads((tmp_path / str(n) / "sample_0000.json").read_text())
+        assert sidecar["settings"]["masks"][key] == recorded
 
 
 def test_pack_model_sets_the_mask_sampling_the_model_ships_with(
@@ -69,9 +74,9 @@ def test_pack_model_sets_the_mask_sampling_the_model_ships_with(
 
     out = tmp_path / "packed"
     command = ["pack-model", "--in", str(tiny_model), "--out", str(out)]
-    assert main([*command, "--fill-holes", "--undo-weighting", "0.5"]) == 0
+    assert main([*command, "--fill-holes", "--undo-weighting", "0.5", "--min-island", "6"]) == 0
     config = load_model(out).stage("masks").config
-    assert config.fill_holes and config.undo_weighting == 0.5
+    assert config.fill_holes and config.undo_weighting == 0.5 and config.min_island_voxels == 6
     packed, source = load_checkpoint(out / "masks.pt"), load_checkpoint(tiny_model / "masks.pt")
     for name, tensor in source.weights["network"].items():
         assert np.array_equal(packed.weights["network"][name].numpy(), tensor.numpy())

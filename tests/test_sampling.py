@@ -11,6 +11,7 @@ import torch
 from medgen3d.errors import InputError
 from medgen3d.foreground import ForegroundFill
 from medgen3d.holes import enclosed_in_slices
+from medgen3d.islands import remove_islands
 from medgen3d.labels import bundled_table
 from medgen3d.preprocessing import Preprocessing
 from medgen3d.progress import Progress, drain
@@ -233,3 +234,20 @@ def test_size_is_needed_when_the_model_has_none(model: MaskDiffusionModel) -> No
     with pytest.raises(InputError, match="size"):
         drain(sample_mask_volume(free, 4, seed=0, steps=STEPS))
     assert _sample(free, 4, size=(16, 8)).shape == (4, 16, 8)
+
+
+def test_islands_go_to_their_neighbours_once_the_volume_is_generated_and_seeds_stay(
+    model: MaskDiffusionModel,
+) -> None:
+    labels, known = _seeds(13, [0, 6, 12])
+    raw = _sample(model, 13, known_labels=labels, known=known)
+    cleaned = _sample(model, 13, known_labels=labels, known=known, min_island_voxels=4)
+    np.testing.assert_array_equal(cleaned[known], labels[known])
+    expected = remove_islands(raw, 4, keep=known[:, None, None])
+    assert (expected != raw).any()  # so that there was work to do
+    np.testing.assert_array_equal(cleaned, expected)
+    own = dataclasses.replace(model, config=dataclasses.replace(model.config, min_island_voxels=4))
+    np.testing.assert_array_equal(_sample(own, 13, known_labels=labels, known=known), cleaned)
+    np.testing.assert_array_equal(
+        _sample(own, 13, known_labels=labels, known=known, min_island_voxels=0), raw
+    )

@@ -272,6 +272,14 @@ def _add_mask_model_settings(p: argparse.ArgumentParser) -> None:
         "the derived head/body label) enclosed by structures takes the nearest structure's "
         "label (default: the model's)",
     )
+    p.add_argument(
+        "--min-island",
+        dest="min_island_voxels",
+        type=int,
+        metavar="VOXELS",
+        help="once a volume is generated, give pieces of a structure smaller than this many "
+        "voxels to their neighbours; 0 keeps every piece (default: the model's)",
+    )
 
 
 def _mask_settings(args: argparse.Namespace) -> MaskSettings:
@@ -280,6 +288,7 @@ def _mask_settings(args: argparse.Namespace) -> MaskSettings:
         steps=args.steps,
         undo_weighting=args.undo_weighting,
         fill_holes=args.fill_holes,
+        min_island_voxels=args.min_island_voxels,
     )
 
 
@@ -624,9 +633,13 @@ def _run_pack_model(args: argparse.Namespace) -> None:
     from medgen3d.model import pack_model
 
     check_output_folder(args.out)
-    masks = None
-    if args.undo_weighting is not None or args.fill_holes is not None:
-        masks = MaskSettings(undo_weighting=args.undo_weighting, fill_holes=args.fill_holes)
+    masks = MaskSettings(
+        undo_weighting=args.undo_weighting,
+        fill_holes=args.fill_holes,
+        min_island_voxels=args.min_island_voxels,
+    )
+    if masks == MaskSettings():  # none given: a source without a mask stage packs as well
+        masks = None
     for path in pack_model(args.source, args.out, overwrite=args.overwrite, masks=masks):
         log.info("wrote %s (%.1f MB)", path, path.stat().st_size / 1e6)
 

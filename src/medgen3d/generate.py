@@ -110,6 +110,7 @@ def generate_masks(
         steps=settings.masks.steps,
         undo_weighting=settings.masks.undo_weighting,
         fill_holes=settings.masks.fill_holes,
+        min_island_voxels=settings.masks.min_island_voxels,
         size=grid.shape[1:],
         known_labels=known_labels,
         known=known,

@@ -145,8 +145,14 @@ class GenerativeModel:
                     f"(mean |log volume / training median| {calibration['error']:.2f}, "
                     f"{calibration['masks']['sampler']} {calibration['masks']['steps']} steps)"
                 )
-            if self.checkpoints[name].config["model"].get("fill_holes"):
+            network = self.checkpoints[name].config["model"]
+            if network.get("fill_holes"):
                 lines.append(f"{'':9s}closes the holes in each generated slice (fill_holes)")
+            if islands := network.get("min_island_voxels"):
+                lines.append(
+                    f"{'':9s}gives pieces of a structure under {islands} voxels to their "
+                    "neighbours (min_island_voxels)"
+                )
         return "\n".join(lines)
 
     def _training_data(self) -> list[str]:
@@ -240,11 +246,11 @@ def pack_model(
 
 
 def with_mask_sampling(checkpoint: Checkpoint, masks: MaskSettings) -> Checkpoint:
-    """The mask stage ``checkpoint`` with ``masks``' ``undo_weighting`` and ``fill_holes``,
-    where given, as its own: settings read only when sampling, so a model is shipped with
-    the ones chosen for it, without retraining."""
+    """The mask stage ``checkpoint`` with ``masks``' ``undo_weighting``, ``fill_holes`` and
+    ``min_island_voxels``, where given, as its own: settings read only when sampling, so a
+    model is shipped with the ones chosen for it, without retraining."""
     network = dict(checkpoint.config["model"])
-    for key in ("undo_weighting", "fill_holes"):
+    for key in ("undo_weighting", "fill_holes", "min_island_voxels"):
         value = getattr(masks, key)
         if value is not None:
             network[key] = value

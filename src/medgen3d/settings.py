@@ -81,12 +81,16 @@ class MaskSettings:
         fill_holes: close the holes sampling leaves inside each generated slice
             (background or the unlabelled subject enclosed by structures). ``None`` keeps
             the model's own (its ``fill_holes``).
+        min_island_voxels: give pieces of a structure smaller than this many voxels to
+            their neighbours once the volume is generated (0: keep every piece). ``None``
+            keeps the model's own (its ``min_island_voxels``).
     """
 
     sampler: MaskSampler = MaskSampler.DDIM
     steps: int = 25
     undo_weighting: float | None = None
     fill_holes: bool | None = None
+    min_island_voxels: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sampler", _member(MaskSampler, self.sampler, "mask sampler"))
@@ -96,6 +100,11 @@ class MaskSettings:
             raise InputError(f"undo weighting must be in [0, 1], got {self.undo_weighting}")
         if self.fill_holes not in (None, True, False):
             raise InputError(f"fill holes must be true, false or unset, got {self.fill_holes!r}")
+        islands = self.min_island_voxels
+        if islands is not None and (
+            isinstance(islands, bool) or not isinstance(islands, int) or islands < 0
+        ):
+            raise InputError(f"minimum island size must be a whole number >= 0, got {islands!r}")
 
 
 @dataclass(frozen=True)

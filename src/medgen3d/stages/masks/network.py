@@ -129,6 +129,11 @@ class MaskNetworkConfig(NetworkConfig):
             unsure which of two neighbours a voxel belongs to: calibrated brain masks at
             3700 steps enclosed 60-125 ml of background and islands of "head" of up to
             27 ml inside the brain (`benchmarks/README.md`). Read only when sampling.
+        min_island_voxels: once the whole volume is generated, pieces of a structure
+            smaller than this many voxels take the nearest kept voxel's label
+            (:func:`~medgen3d.islands.remove_islands`); 0 keeps every piece. Deep brain
+            structures are one piece in training masks, and samples scatter fragments of a
+            few voxels around them (`benchmarks/README.md`). Read only when sampling.
     """
 
     SECTION = "masks model"
@@ -148,6 +153,7 @@ class MaskNetworkConfig(NetworkConfig):
     undo_weighting: float = 1.0
     label_bias: tuple[float, ...] | None = None
     fill_holes: bool = False
+    min_island_voxels: int = 0
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:
@@ -204,6 +210,10 @@ class MaskNetworkConfig(NetworkConfig):
             raise ValueError(f"label_bias must be a list of finite numbers or null, got {bias!r}")
         if not isinstance(self.fill_holes, bool):
             raise ValueError(f"fill_holes must be true or false, got {self.fill_holes!r}")
+        if not (self.min_island_voxels == 0 or positive_int(self.min_island_voxels)):
+            raise ValueError(
+                f"min_island_voxels must be a whole number >= 0, got {self.min_island_voxels!r}"
+            )
         if not isinstance(self.shrink_input, bool):
             raise ValueError(f"shrink_input must be true or false, got {self.shrink_input!r}")
         if self.shrink_input and self.diffusion.objective == "rflow":

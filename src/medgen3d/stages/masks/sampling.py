@@ -25,6 +25,7 @@ import torch
 
 from medgen3d.diffusion import SamplingSchedule
 from medgen3d.errors import InputError
+from medgen3d.islands import remove_islands
 from medgen3d.progress import Progress, ProgressGenerator
 from medgen3d.sequences import relative_position, sequence_starts
 from medgen3d.stages.masks.network import MaskDiffusionModel, labels_to_signal
@@ -41,6 +42,7 @@ def sample_mask_volume(
     steps: int = 25,
     undo_weighting: float | None = None,
     fill_holes: bool | None = None,
+    min_island_voxels: int | None = None,
     size: tuple[int, int] | None = None,
     known_labels: np.ndarray | None = None,
     known: np.ndarray | None = None,
@@ -62,6 +64,10 @@ def sample_mask_volume(
         fill_holes: close the holes in each generated slice
             (:meth:`MaskDiffusionModel.fill_holes`) before it conditions the next
             sequence; ``None``: the model's own setting.
+        min_island_voxels: once every sequence is generated, pieces of a structure smaller
+            than this take the nearest kept voxel's label
+            (:func:`~medgen3d.islands.remove_islands`; seeded slices never change); 0: none
+            removed; ``None``: the model's own setting.
         size: in-plane ``(H, W)``; defaults to ``known_labels``' size, then the model's
             training size.
         known_labels: ``(Z, H, W)`` channel indices of user-seeded slices (ignored where
@@ -92,6 +98,9 @@ def sample_mask_volume(
     rng = torch.Generator().manual_seed(_check_seed(seed))
     if fill_holes is None:
         fill_holes = model.config.fill_holes
+    if min_island_voxels is None:
+        min_island_voxels = model.config.min_island_voxels
+    seeded = filled.copy()
     output = np.zeros((depth, height, width), dtype=np.uint8)
     if known_labels is not None:
         output[filled] = known_labels[filled]
@@ -112,6 +121,8 @@ def sample_mask_volume(
                 preview[window][~filled[window]] = estimate[~filled[window]]
             yield Progress("masks", done, len(starts) * per_sequence, preview)
         filled[window] = True
+    if min_island_voxels:
+        output = remove_islands(output, min_island_voxels, keep=seeded[:, None, None])
     return output
 
 
