@@ -14,6 +14,9 @@ TOOLTIPS = {
     "steps": "Denoising steps per sequence: fewer is faster, more is more faithful.",
     "fill_holes": "Background left enclosed by structures in a generated slice takes the "
     "nearest structure's label (set from the model; painted slices are never changed).",
+    "min_island": "Once the volume is generated, pieces of a structure smaller than this "
+    "many voxels take their neighbours' labels; 0 keeps every piece (set from the model; "
+    "painted slices are never changed).",
     "strength": "How much the refiner may change the image: 0 keeps it as generated, "
     "1 re-draws it entirely from the mask.",
     "refine_steps": "Denoising steps of the refiner.",

@@ -88,6 +88,7 @@ SECTIONS = {
         "sampler",
         "steps",
         "fill_holes",
+        "min_island",
         "strength",
         "refine_steps",
         "refine_sampler",
@@ -171,6 +172,7 @@ class MedGen3DWidget(Container):
         self._steps = SpinBox(value=DEFAULTS.masks.steps, min=1, max=1000, label="Steps")
         # set to the loaded model's own setting; unticked shows the masks as sampled
         self._fill_holes = CheckBox(value=False, text="Close holes in generated slices")
+        self._min_island = SpinBox(value=0, min=0, max=10**6, label="Islands under (voxels)")
         self._strength = FloatSlider(
             value=DEFAULTS.refiner.strength, min=0.0, max=1.0, step=0.05, label="Refine strength"
         )
@@ -467,7 +469,9 @@ class MedGen3DWidget(Container):
             if self._depth.value == self._depth_default:  # not changed by the user
                 self._depth.value = self._depth_default = self._model.typical_depth
             if "masks" in model.stages:
-                self._fill_holes.value = model.stage("masks").config.fill_holes
+                config = model.stage("masks").config
+                self._fill_holes.value = config.fill_holes
+                self._min_island.value = config.min_island_voxels
             self._pending = then  # runs once this worker has finished and cleaned up
 
         self._start(load, on_result=loaded, needs_model=False)
@@ -629,8 +633,9 @@ class MedGen3DWidget(Container):
             masks=MaskSettings(
                 sampler=str(self._sampler.value),
                 steps=int(self._steps.value),
-                # before a model is loaded the box has not shown its setting yet
+                # before a model is loaded the boxes have not shown its settings yet
                 fill_holes=None if self._model is None else bool(self._fill_holes.value),
+                min_island_voxels=None if self._model is None else int(self._min_island.value),
             ),
             refiner=RefineSettings(
                 strength=float(self._strength.value),

@@ -315,22 +315,26 @@ def test_cli_and_widget_take_their_defaults_from_the_settings(make_napari_viewer
     assert cli.depth is None  # the command line leaves the depth to the model
 
 
-def test_close_holes_follows_the_loaded_model(make_napari_viewer, qtbot, tmp_path) -> None:
+def test_holes_and_islands_follow_the_loaded_model(make_napari_viewer, qtbot, tmp_path) -> None:
     from medgen3d.checkpoint import load_checkpoint, save_checkpoint
     from napari_medgen3d._widget import MedGen3DWidget
 
     folder = write_tiny_model(tmp_path / "model")
     masks = load_checkpoint(folder / "masks.pt")
     masks.config["model"]["fill_holes"] = True
+    masks.config["model"]["min_island_voxels"] = 7
     save_checkpoint(masks, folder / "masks.pt", overwrite=True)
     w = MedGen3DWidget(make_napari_viewer())
     w._model_file.value = folder / "masks.pt"
-    assert w._settings().masks.fill_holes is None  # not loaded: the model's own
+    unloaded = w._settings().masks  # not loaded: the model's own
+    assert unloaded.fill_holes is None and unloaded.min_island_voxels is None
     w._with_model(lambda: None)
     _wait_idle(qtbot, w)
-    assert w._fill_holes.value and w._settings().masks.fill_holes is True
-    w._fill_holes.value = False
+    loaded = w._settings().masks
+    assert loaded.fill_holes is True and loaded.min_island_voxels == 7
+    w._fill_holes.value, w._min_island.value = False, 0
     assert w._settings().masks.fill_holes is False
+    assert w._settings().masks.min_island_voxels == 0
 
 
 def test_image_from_masks_with_a_label_map_and_a_size_warning(
