@@ -26,9 +26,10 @@ def remove_islands(
     labels: np.ndarray, min_voxels: int, keep: np.ndarray | None = None
 ) -> np.ndarray:
     """A copy of a ``(Z, H, W)`` map in which every piece of a non-zero value smaller than
-    ``min_voxels`` voxels takes, voxel by voxel, the value of the nearest voxel outside such
-    pieces; the background's own pieces are left alone (closing them is
-    :mod:`medgen3d.holes`' job).
+    ``min_voxels`` voxels, except the value's largest piece, takes, voxel by voxel, the value
+    of the nearest voxel outside such pieces. A small structure is kept whole: a third
+    ventricle of a few voxels is still a third ventricle. The background's own pieces are
+    left alone (closing them is :mod:`medgen3d.holes`' job).
 
     Pieces are 26-connected, as the anatomy check counts them. Voxels where ``keep`` (a
     boolean array broadcastable to ``labels``) is true never change: they are what a user
@@ -40,6 +41,7 @@ def remove_islands(
         sizes = np.bincount(pieces.ravel())
         too_small = sizes < min_voxels
         too_small[0] = False  # not this structure
+        too_small[1 + np.argmax(sizes[1:])] = False  # its body, however small, stays
         small |= too_small[pieces]
     if keep is not None:
         small &= ~np.broadcast_to(keep, labels.shape)
