@@ -150,8 +150,8 @@ class GenerativeModel:
                 lines.append(f"{'':9s}closes the holes in each generated slice (fill_holes)")
             if islands := network.get("min_island_voxels"):
                 lines.append(
-                    f"{'':9s}gives pieces of a structure under {islands} voxels to their "
-                    "neighbours (min_island_voxels)"
+                    f"{'':9s}gives a structure's pieces under {islands} voxels, all but its "
+                    "largest, to their neighbours (min_island_voxels)"
                 )
         return "\n".join(lines)
 

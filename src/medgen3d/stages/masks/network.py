@@ -130,10 +130,11 @@ class MaskNetworkConfig(NetworkConfig):
             3700 steps enclosed 60-125 ml of background and islands of "head" of up to
             27 ml inside the brain (`benchmarks/README.md`). Read only when sampling.
         min_island_voxels: once the whole volume is generated, pieces of a structure
-            smaller than this many voxels take the nearest kept voxel's label
-            (:func:`~medgen3d.islands.remove_islands`); 0 keeps every piece. Deep brain
-            structures are one piece in training masks, and samples scatter fragments of a
-            few voxels around them (`benchmarks/README.md`). Read only when sampling.
+            smaller than this many voxels, all but its largest, take the nearest kept
+            voxel's label (:func:`~medgen3d.islands.remove_islands`); 0 keeps every
+            piece. Deep brain structures are one piece in training masks, and samples
+            scatter fragments of a few voxels around them (`benchmarks/README.md`). Read
+            only when sampling.
     """
 
     SECTION = "masks model"

@@ -65,7 +65,7 @@ def sample_mask_volume(
             (:meth:`MaskDiffusionModel.fill_holes`) before it conditions the next
             sequence; ``None``: the model's own setting.
         min_island_voxels: once every sequence is generated, pieces of a structure smaller
-            than this take the nearest kept voxel's label
+            than this, all but its largest, take the nearest kept voxel's label
             (:func:`~medgen3d.islands.remove_islands`; seeded slices never change); 0: none
             removed; ``None``: the model's own setting.
         size: in-plane ``(H, W)``; defaults to ``known_labels``' size, then the model's
