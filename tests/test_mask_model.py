@@ -289,6 +289,12 @@ def test_undo_weighting_outside_0_1_is_refused() -> None:
         MaskNetworkConfig.from_dict({"label_weighting": 0.5, "undo_weighting": 1.5})
 
 
+@pytest.mark.parametrize("size", [-1, 2.5, True, "10"])
+def test_an_island_size_that_is_not_a_whole_number_is_refused(size) -> None:
+    with pytest.raises(ValueError, match="min_island_voxels must be a whole number"):
+        MaskNetworkConfig.from_dict({"min_island_voxels": size})
+
+
 def test_an_unweighted_model_keeps_its_prediction() -> None:
     model = _build()
     prediction = torch.randn(2, len(TABLE), 4, 8, 8)

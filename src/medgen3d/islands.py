@@ -47,5 +47,5 @@ def remove_islands(
         small &= ~np.broadcast_to(keep, labels.shape)
     if not small.any():
         return labels.copy()
-    _, nearest = ndimage.distance_transform_edt(small, return_indices=True)
+    nearest = ndimage.distance_transform_edt(small, return_distances=False, return_indices=True)
     return labels[tuple(nearest)]

@@ -211,7 +211,8 @@ class MaskNetworkConfig(NetworkConfig):
             raise ValueError(f"label_bias must be a list of finite numbers or null, got {bias!r}")
         if not isinstance(self.fill_holes, bool):
             raise ValueError(f"fill_holes must be true or false, got {self.fill_holes!r}")
-        if not (self.min_island_voxels == 0 or positive_int(self.min_island_voxels)):
+        islands = self.min_island_voxels
+        if isinstance(islands, bool) or not isinstance(islands, int) or islands < 0:
             raise ValueError(
                 f"min_island_voxels must be a whole number >= 0, got {self.min_island_voxels!r}"
             )
