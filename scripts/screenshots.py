@@ -43,6 +43,11 @@ def main() -> None:
     labels.opacity = 0.5
     middle = image.data.shape[0] // 2
     viewer.dims.set_point(0, image.data_to_world((middle, 0, 0))[0])
+    camera = getattr(viewer, "scene", viewer).camera  # napari 0.9: viewer.scene.camera
+    viewer.reset_view()
+    in_slice = np.zeros(labels.data.shape, dtype=bool)
+    in_slice[middle] = labels.data[middle] > 0
+    _frame(camera, labels, in_slice, axes=(1, 2), fill=0.95)
     flat, solid = out / f"{args.name}_2d.png", out / f"{args.name}_3d.png"
     viewer.screenshot(str(flat), canvas_only=False, flash=False)
 
@@ -56,18 +61,22 @@ def main() -> None:
     for hidden in args.hide:  # an envelope (body, head) would hide the organs inside it
         colours[int(labels.features["index"][names.index(hidden)])] = np.zeros(4)
     labels.colormap = DirectLabelColormap(color_dict=colours)
-    camera = getattr(viewer, "scene", viewer).camera  # napari 0.9: viewer.scene.camera
     camera.angles = (-20, 35, 150)
-    _frame(camera, labels, [int(labels.features["index"][names.index(h)]) for h in args.hide])
+    hidden = [int(labels.features["index"][names.index(h)]) for h in args.hide]
+    _frame(camera, labels, (labels.data > 0) & ~np.isin(labels.data, hidden))
     shot = viewer.screenshot(str(solid), canvas_only=True, flash=False)
     print(f"wrote {flat} and {solid} (3D std {np.std(shot):.1f})")
     viewer.close()
 
 
-def _frame(camera, labels, hidden: list[int]) -> None:
-    """Centre the camera on the structures shown in 3D and zoom so that they, not the whole
-    (mostly empty) volume, fill the view; ``reset_view`` has fitted the volume."""
-    shown = np.argwhere((labels.data > 0) & ~np.isin(labels.data, hidden))
+def _frame(
+    camera, labels, shown: np.ndarray, axes: tuple[int, ...] = (0, 1, 2), fill: float = 0.8
+) -> None:
+    """Centre the camera on the ``shown`` voxels (a mask over ``labels``) and zoom so that
+    they, not the whole (mostly empty) volume, take ``fill`` of the view along ``axes``
+    (the displayed ones; in 3D less, room for the rotation); ``reset_view`` has fitted the
+    volume."""
+    shown = np.argwhere(shown)
     if not len(shown):
         return
     low, high = (np.asarray(labels.data_to_world(c)) for c in (shown.min(0), shown.max(0)))
@@ -75,7 +84,8 @@ def _frame(camera, labels, hidden: list[int]) -> None:
         labels.data_to_world(np.zeros(3))
     )
     camera.center = tuple((low + high) / 2)
-    camera.zoom *= 0.8 * np.abs(whole).max() / max(np.abs(high - low).max(), 1e-6)
+    shown_extent = np.abs(high - low)[list(axes)].max()
+    camera.zoom *= fill * np.abs(whole)[list(axes)].max() / max(shown_extent, 1e-6)
 
 
 if __name__ == "__main__":
