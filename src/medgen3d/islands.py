@@ -17,9 +17,12 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["remove_islands"]
+__all__ = ["PIECES", "remove_islands"]
 
-_CONNECTIVITY = ndimage.generate_binary_structure(3, 3)  # 26-connected
+# What a piece is, here and in the anatomy check: voxels touching by a face, an edge or a
+# corner (26-connectivity). Thin oblique structures (airways, vessels) at a few mm per voxel
+# often touch only by edges; 6-connectivity would count them as fragments.
+PIECES = ndimage.generate_binary_structure(3, 3)
 
 
 def remove_islands(
@@ -37,7 +40,7 @@ def remove_islands(
     """
     small = np.zeros(labels.shape, dtype=bool)
     for value in np.unique(labels[labels != 0]):
-        pieces, _ = ndimage.label(labels == value, _CONNECTIVITY)
+        pieces, _ = ndimage.label(labels == value, PIECES)
         sizes = np.bincount(pieces.ravel())
         too_small = sizes < min_voxels
         too_small[0] = False  # not this structure

@@ -21,6 +21,7 @@ import numpy as np
 from scipy import ndimage, stats
 
 from medgen3d.holes import enclosed_in_slices
+from medgen3d.islands import PIECES
 
 __all__ = [
     "COMPONENT_MARGIN",
@@ -46,11 +47,6 @@ CONTINUITY_MARGIN = 0.2
 # ENCLOSED_FLOOR_ML: a few voxels left between two structures are harmless, and a reference
 # set without any holes must not make a single voxel a fault.
 ENCLOSED_FLOOR_ML = 1.0
-
-# 26-connectivity: voxels touching by a face, an edge or a corner are one piece. Thin
-# oblique structures (airways, vessels) at a few mm per voxel often touch only by edges;
-# 6-connectivity would count them as fragments.
-_CONNECTIVITY = ndimage.generate_binary_structure(3, 3)
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: arrays do not compare with ==
@@ -114,7 +110,7 @@ def mask_anatomy(labels: np.ndarray, num_classes: int, spacing: Sequence[float])
         if counts[channel - 1] == 0:
             continue
         mask = labels == channel
-        components[channel - 1] = ndimage.label(mask, structure=_CONNECTIVITY)[1]
+        components[channel - 1] = ndimage.label(mask, structure=PIECES)[1]
         continuity[channel - 1] = _slice_continuity(mask)
     enclosed = np.count_nonzero(enclosed_in_slices(labels))
     return MaskAnatomy(counts * voxel_ml, components, continuity, enclosed * voxel_ml)
