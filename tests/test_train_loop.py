@@ -17,7 +17,8 @@ from medgen3d.phantom import make_phantom
 from medgen3d.preprocessing import Preprocessing
 from medgen3d.progress import drain
 from medgen3d.recipe import DataSpec, TrainingSettings
-from medgen3d.runtime import Runtime
+from medgen3d.runtime import Runtime, mixed_precision
+from medgen3d.train import loop
 from medgen3d.train.bank import CaseBank
 from medgen3d.train.loop import OptimisedNetwork, TrainingTask, fit, step_rng
 
@@ -54,8 +55,10 @@ class LabelsToIntensity(TrainingTask):
     def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         net = self.networks["net"]
         onehot = torch.nn.functional.one_hot(batch["label"].flatten(0, 1), len(TABLE))
-        prediction = net.model(onehot.permute(0, 3, 1, 2).float())[:, 0]
-        loss = torch.nn.functional.l1_loss(prediction, batch["image"].flatten(0, 1))
+        with net.autocast():
+            prediction = net.model(onehot.permute(0, 3, 1, 2).float())[:, 0]
+        self.forward_dtype = prediction.dtype
+        loss = torch.nn.functional.l1_loss(prediction.float(), batch["image"].flatten(0, 1))
         net.step(loss)
         return {"l1": loss.detach()}
 
@@ -82,6 +85,40 @@ def test_loss_falls_and_checkpoint_holds_inference_and_resume_state(
     raw = checkpoint.training["state"]["net"]["network"]
     # Inference weights are the EMA, which differs from the raw weights after training.
     assert not torch.equal(checkpoint.weights["net"]["weight"], raw["weight"])
+
+
+@pytest.mark.parametrize("native_bfloat16", [True, False])
+def test_mixed_precision_is_used_where_the_device_computes_it(
+    monkeypatch: pytest.MonkeyPatch, native_bfloat16: bool
+) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native_bfloat16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert mixed_precision(cpu) == (torch.bfloat16 if native_bfloat16 else None)
+    assert mixed_precision(cuda) == torch.float16
+    assert mixed_precision(torch.device("mps")) is None
+    assert mixed_precision(cpu, amp=False) is None and mixed_precision(cuda, amp=False) is None
+
+
+def test_bfloat16_forward_passes_learn_what_float32_ones_do(
+    bank: CaseBank, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With AMP on a CPU that computes bfloat16, forward passes run in it, unscaled (its
+    range is float32's), and the run follows the float32 one."""
+    monkeypatch.setattr(
+        loop, "mixed_precision", lambda device, amp=True: torch.bfloat16 if amp else None
+    )
+    runs = {}
+    for amp in (True, False):
+        task = LabelsToIntensity(dataclasses.replace(SETTINGS, amp=amp))
+        settings = dataclasses.replace(SETTINGS, amp=amp)
+        result = drain(fit(task, bank, SPEC, settings, CPU, tmp_path / f"{amp}.pt"))
+        runs[amp] = (task, [x["l1"] for x in result.losses])
+    (mixed, mixed_losses), (full, full_losses) = runs[True], runs[False]
+    assert mixed.forward_dtype == torch.bfloat16 and full.forward_dtype == torch.float32
+    assert not mixed.networks["net"].scaler.is_enabled()
+    assert mixed_losses[-1] < 0.5 * np.mean(mixed_losses[:5])
+    assert mixed_losses[-1] == pytest.approx(full_losses[-1], rel=0.1)
 
 
 def test_training_reports_every_step_and_stops_between_steps(

@@ -139,7 +139,8 @@ class TrainingSettings:
             (0 disables it).
         checkpoint_every: steps between checkpoints (the last step always saves).
         log_every: steps between log lines.
-        amp: mixed precision on CUDA (ignored on other devices).
+        amp: mixed precision: float16 on CUDA, bfloat16 on CPUs that compute it natively
+            (:func:`medgen3d.runtime.mixed_precision`); ignored elsewhere.
         seed: seed of batch sampling, noise and initial weights.
     """
 

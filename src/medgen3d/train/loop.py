@@ -27,7 +27,7 @@ from medgen3d.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from medgen3d.errors import InputError
 from medgen3d.progress import Progress, ProgressGenerator
 from medgen3d.recipe import DataSpec, TrainingSettings
-from medgen3d.runtime import Runtime
+from medgen3d.runtime import Runtime, mixed_precision
 from medgen3d.train.bank import CaseBank
 
 __all__ = ["OptimisedNetwork", "TrainingResult", "TrainingTask", "fit", "step_rng"]
@@ -70,15 +70,18 @@ class OptimisedNetwork:
             else None
         )
         self.device_type = runtime.device.type
+        self.precision = mixed_precision(runtime.device, settings.amp)
+        # Only float16 needs its loss scaled; bfloat16 has float32's range.
         self.scaler = torch.amp.GradScaler(
-            self.device_type, enabled=settings.amp and self.device_type == "cuda"
+            self.device_type, enabled=self.precision == torch.float16
         )
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        """Mixed-precision context for forward passes (a no-op unless AMP is on, on CUDA)."""
-        return torch.autocast(
-            self.device_type, dtype=torch.float16, enabled=self.scaler.is_enabled()
-        )
+        """Mixed-precision context for forward passes: a no-op unless the recipe asks for
+        AMP and the device has a precision that pays (:func:`mixed_precision`)."""
+        if self.precision is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.precision)
 
     def step(self, loss: torch.Tensor) -> None:
         """Back-propagate ``loss``, clip, step the optimiser and update the average."""

@@ -18,8 +18,8 @@ from medgen3d.checkpoint import load_checkpoint
 from medgen3d.errors import InputError
 from medgen3d.model import stage_file
 from medgen3d.progress import ProgressGenerator
-from medgen3d.recipe import Recipe, load_recipe
-from medgen3d.runtime import Runtime, distributed_runtime
+from medgen3d.recipe import Recipe, TrainingSettings, load_recipe
+from medgen3d.runtime import Runtime, distributed_runtime, mixed_precision
 from medgen3d.train.bank import CaseBank
 from medgen3d.train.loop import TrainingResult, fit
 
@@ -92,10 +92,11 @@ def train_stage(
 def _train(stage, data_dir, recipe, settings, out, runtime, resume, overwrite, start):
     if runtime.is_main:
         log.info(
-            "[config] stage -> %s, device -> %s, processes -> %d",
+            "[config] stage -> %s, device -> %s, processes -> %d, mixed precision -> %s",
             stage,
             runtime.device,
             runtime.world_size,
+            _precision_name(runtime, settings),
         )
         log.info("[config] data -> %s", json.dumps(recipe.data.to_dict()))
         log.info("[config] training -> %s", json.dumps(settings.to_dict()))
@@ -124,6 +125,7 @@ def _train(stage, data_dir, recipe, settings, out, runtime, resume, overwrite, s
         "description": recipe.description,
         "dataset": recipe.dataset,
         "processes": runtime.world_size,
+        "mixed_precision": _precision_name(runtime, settings),
         "depth": bank.depth_range(),
         "anatomy": bank.anatomy_ranges(recipe.data.preprocessing.spacing, recipe.data.labels.names),
         "label_frequency": bank.label_frequency.tolist(),
@@ -145,3 +147,9 @@ def _train(stage, data_dir, recipe, settings, out, runtime, resume, overwrite, s
             init_from=start,
         )
     )
+
+
+def _precision_name(runtime: Runtime, settings: TrainingSettings) -> str | None:
+    """The forward passes' reduced precision, e.g. ``"bfloat16"``, or None for float32."""
+    precision = mixed_precision(runtime.device, settings.amp)
+    return None if precision is None else str(precision).removeprefix("torch.")
