@@ -49,6 +49,9 @@ TOOLTIPS = {
     "a DICOM SEG with the label names and colours, marked synthetic, for PACS, 3D Slicer or "
     "OHIF.",
     "export": "Write the chosen image and labels in the format chosen above.",
+    "radiological": "Show slices as radiology viewers do: anterior (in coronal and sagittal "
+    "views, superior) up and the patient's right on the screen's left. Unticked: napari's "
+    "array convention, first axis down and second to the right. The 3D view is not affected.",
     "contours": "Show labels as contours instead of filled regions.",
     "segmenter": "Optional: segmenter.pt from `medgen3d evaluate`, to check that the image "
     "shows the mask's anatomy (alignment Dice).",

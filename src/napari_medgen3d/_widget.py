@@ -109,6 +109,7 @@ SECTIONS = {
         "regenerate",
     ),
     "Inspect and export": (
+        "radiological",
         "contours",
         "toggle_3d",
         "volume_3d",
@@ -123,8 +124,16 @@ SECTIONS = {
 }
 # Labels that wrap the organs; transparent in 3D so the organs inside show.
 ENVELOPES = ("body", "head")
-# Camera angles of the 3D view: from the front, above and to the side.
+# Camera angles of the 3D view, in napari's own axis directions: from the front, above and
+# to the side.
 CAMERA_3D = (-20.0, 35.0, 150.0)
+# Directions of the displayed (vertical, horizontal) world axes. The world is RAS (the
+# reader places every volume by its affine), so the second-to-last axis is anterior or
+# superior and the last is the patient's right: radiology viewers show those up and to
+# the screen's left (axial slices seen from the feet, coronal from the front, sagittal
+# facing left); napari's array convention puts them down and to the right.
+RADIOLOGICAL = ("up", "left")
+NAPARI_AXES = ("down", "right")
 STAGE_FILES = ("masks.pt", "images.pt", "refiner.pt")
 # How often the progress bar follows a running job (ms); previews come at most every
 # _results.PREVIEW_INTERVAL_S.
@@ -204,6 +213,7 @@ class MedGen3DWidget(Container):
         self._regenerate = PushButton(text="Regenerate edited slices")
 
     def _build_inspect_section(self) -> None:
+        self._radiological = CheckBox(value=True, text="Radiological orientation")
         self._contours = CheckBox(value=False, text="Contours only")
         self._toggle_3d = PushButton(text="Switch 2D / 3D")
         self._volume_3d = CheckBox(value=False, text="Image as volume in 3D")
@@ -227,6 +237,9 @@ class MedGen3DWidget(Container):
         self._refine.changed.connect(self.refine_image)
         self._regenerate.changed.connect(self.regenerate_edited_slices)
         self._cancel.changed.connect(self.cancel)
+        self._radiological.changed.connect(self._apply_orientation)
+        viewer.dims.events.ndisplay.connect(self._apply_orientation)
+        self._apply_orientation()
         self._contours.changed.connect(self._apply_contours)
         self._toggle_3d.changed.connect(self._toggle_ndisplay)
         self._window.changed.connect(self._apply_window)
@@ -685,6 +698,16 @@ class MedGen3DWidget(Container):
             show_error(f"Choose {what} first.")
         return combo.value
 
+    def _apply_orientation(self) -> None:
+        """Slices in the radiological orientation when ticked (:data:`RADIOLOGICAL`); the
+        3D view keeps napari's axis directions, which :data:`CAMERA_3D` is set in."""
+        radiological = self._radiological.value and self._viewer.dims.ndisplay == 2
+        self._camera().orientation2d = RADIOLOGICAL if radiological else NAPARI_AXES
+
+    def _camera(self) -> Any:
+        # napari 0.9 moved the camera to viewer.scene; earlier versions have viewer.camera
+        return getattr(self._viewer, "scene", self._viewer).camera
+
     def _apply_contours(self) -> None:
         for layer in self._viewer.layers:
             if isinstance(layer, Labels) and GEOMETRY_KEY in layer.metadata:
@@ -712,9 +735,7 @@ class MedGen3DWidget(Container):
         self._show_images(not three_d or bool(self._volume_3d.value))
         self._viewer.dims.ndisplay = 3 if three_d else 2
         if three_d:
-            # napari 0.9 moved the camera to viewer.scene; earlier versions have viewer.camera
-            scene = getattr(self._viewer, "scene", self._viewer)
-            scene.camera.angles = CAMERA_3D
+            self._camera().angles = CAMERA_3D
 
 
 def _single_shot(interval_ms: int, slot: Callable[[], None], parent: Any) -> QTimer:

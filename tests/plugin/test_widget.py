@@ -424,6 +424,40 @@ def test_3d_view_makes_the_body_transparent_and_2d_restores_it(widget, qtbot) ->
     np.testing.assert_allclose(layer.colormap.color_dict[1], body_colour)
 
 
+def test_slices_show_in_radiological_orientation_unless_unticked(make_napari_viewer) -> None:
+    """In the RAS world the reader places volumes in, a block anterior and on the patient's
+    right shows at the top left of an axial slice, as radiology viewers show it; unticked,
+    napari's array convention puts it at the bottom right. 3D keeps napari's axes."""
+    from napari_medgen3d._widget import MedGen3DWidget
+
+    viewer = make_napari_viewer(show=True)  # a hidden 2D canvas renders blank
+    w = MedGen3DWidget(viewer)
+    ras = np.zeros((3, 40, 40), np.float32)
+    ras[:, 28:, 28:] = 1  # y anterior, x right
+    viewer.add_image(ras, contrast_limits=(0, 1))
+
+    def bright_corner() -> tuple[str, str]:
+        shot = viewer.screenshot(canvas_only=True, flash=False)[..., 0].astype(float)
+        assert shot.std() > 5  # not a blank canvas
+        half = np.array(shot.shape) // 2
+        corners = {
+            (v, h): shot[rows, cols].mean()
+            for v, rows in (("top", slice(0, half[0])), ("bottom", slice(half[0], None)))
+            for h, cols in (("left", slice(0, half[1])), ("right", slice(half[1], None)))
+        }
+        return max(corners, key=corners.get)
+
+    assert bright_corner() == ("top", "left")
+    w._radiological.value = False
+    assert bright_corner() == ("bottom", "right")
+    w._radiological.value = True
+    camera = getattr(viewer, "scene", viewer).camera
+    w._toggle_ndisplay()
+    assert tuple(camera.orientation2d) == ("down", "right")
+    w._toggle_ndisplay()
+    assert tuple(camera.orientation2d) == ("up", "left")
+
+
 def _volume_of(labels: np.ndarray):
     from medgen3d.io import Volume
 
