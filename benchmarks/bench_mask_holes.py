@@ -25,14 +25,12 @@ import numpy as np
 import torch
 
 from medgen3d.calibration import sample_channels
-from medgen3d.datasets import discover_pairs
 from medgen3d.evaluation.anatomy import implausible, mask_anatomy
 from medgen3d.holes import enclosed_in_slices
 from medgen3d.islands import remove_islands
 from medgen3d.model import load_model
-from medgen3d.recipe import DataSpec
 from medgen3d.settings import DEFAULTS
-from medgen3d.train.bank import CaseBank
+from recipe_cases import first_training_cases
 
 
 def main() -> None:
@@ -60,7 +58,7 @@ def main() -> None:
         inside = enclosed_in_slices(channels, (0, subject)) & (channels == subject)
         return f"{background:7.2f} {inside.sum() * voxel_ml:7.2f}"
 
-    reference = _training_cases(args.data, spec, args.cases)
+    reference = first_training_cases(args.data, spec, args.cases)
     anatomies = [mask_anatomy(c, len(table), spacing) for c in reference.labels]
     header = "background ml" + ("  subject in structures ml" if subject is not None else "")
     print(f"{len(reference)} training cases: {header}")
@@ -90,13 +88,6 @@ def main() -> None:
             found = faults(remove_islands(channels, size))
             print(f"  seed {seed:<18d} {len(found):3d}")
             print("".join(f"      {fault}\n" for fault in found), end="")
-
-
-def _training_cases(root: str, spec: DataSpec, count: int) -> CaseBank:
-    """The first ``count`` cases under ``root`` that the model does not hold out."""
-    held_out = set(spec.holdout)
-    training = [c.name for c in discover_pairs(root) if c.name not in held_out]
-    return CaseBank.from_folder(root, spec, exclude=[*held_out, *training[count:]])
 
 
 if __name__ == "__main__":

@@ -21,22 +21,13 @@ import time
 
 import torch
 
-from medgen3d.datasets import discover_pairs
 from medgen3d.model import load_model
 from medgen3d.recipe import TrainingSettings
 from medgen3d.runtime import Runtime, mixed_precision
-from medgen3d.train.bank import CaseBank
 from medgen3d.train.masks import MaskTask, masked_mse
+from recipe_cases import first_training_cases
 
 CPU = Runtime(torch.device("cpu"))
-
-
-def training_cases(model_name: str, data: str, count: int) -> CaseBank:
-    """The first ``count`` training cases (never a held-out one) of ``data``."""
-    spec = load_model(model_name).data
-    names = [case.name for case in discover_pairs(data)]
-    keep = [name for name in names if name not in spec.holdout][:count]
-    return CaseBank.from_folder(data, spec, exclude=[name for name in names if name not in keep])
 
 
 def loss_and_gradient(task: MaskTask, batch: dict[str, torch.Tensor]) -> tuple[float, torch.Tensor]:
@@ -78,8 +69,9 @@ def main() -> None:
     if precision is None:
         raise SystemExit("this CPU has no native bfloat16: amp trains in float32 here")
     name = str(precision).removeprefix("torch.")
-    bank = training_cases(args.model, args.data, args.cases)
-    masks = load_model(args.model).stage("masks")
+    model = load_model(args.model)
+    bank = first_training_cases(args.data, model.data, args.cases)
+    masks = model.stage("masks")
     settings = TrainingSettings(batch_size=4, learning_rate=1e-5, ema_decay=0)
     tasks = {
         amp: MaskTask(copy.deepcopy(masks), dataclasses.replace(settings, amp=amp), CPU)
