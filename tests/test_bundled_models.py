@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medgen3d.bundled import BUNDLED_MODELS, bundled_models
+from medgen3d.bundled import BUNDLED_MODELS, bundled_model_of, bundled_model_path, bundled_models
 from medgen3d.errors import InputError
 from medgen3d.generate import generate_pair
 from medgen3d.model import load_model
@@ -90,3 +90,20 @@ def _restricted(written: dict, stored: dict) -> dict:
         key: _restricted(written[key], value) if isinstance(value, dict) else written[key]
         for key, value in stored.items()
     }
+
+
+def test_a_stage_started_from_a_bundled_model_names_it_and_its_lineage(tmp_path) -> None:
+    """A run started from a bundled model records its name, not this installation's path;
+    the description follows the whole chain of runs a stage continues, nearest first."""
+    assert bundled_model_of(bundled_model_path("demo") / "masks.pt") == "demo"
+    assert bundled_model_of(tmp_path / "masks.pt") is None
+    model = load_model("demo", "cpu")
+    model.checkpoints["masks"].config["provenance"]["init_from"] = {
+        "source": "demo (bundled)",
+        "steps": 5,
+        "init_from": {"source": "an older recipe", "steps": 7},
+    }
+    masks_line = next(line for line in model.describe().splitlines() if line.startswith("masks:"))
+    assert "steps (after 5 steps of demo (bundled), after 7 steps of an older recipe) on" in (
+        masks_line
+    )

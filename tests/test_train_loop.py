@@ -251,7 +251,11 @@ def test_init_from_starts_a_fresh_run_at_the_given_weights(bank: CaseBank, tmp_p
     assert tuned.start_step == 0
     # It starts where the trained run ended, far below a fresh start.
     assert tuned.losses[0]["l1"] < 0.5 * fresh.losses[0]["l1"]
-    origin = {"source": str(tmp_path / "trained.pt"), "steps": SETTINGS.max_steps}
+    origin = {
+        "source": str(tmp_path / "trained.pt"),
+        "steps": SETTINGS.max_steps,
+        "init_from": None,
+    }
     assert load_checkpoint(tmp_path / "tuned.pt").config["provenance"]["init_from"] == origin
     # Resuming (which never passes init_from again) keeps that record.
     longer = dataclasses.replace(SETTINGS, max_steps=5)
@@ -260,6 +264,21 @@ def test_init_from_starts_a_fresh_run_at_the_given_weights(bank: CaseBank, tmp_p
     )
     assert load_checkpoint(tmp_path / "tuned.pt").config["provenance"]["init_from"] == origin
     assert load_checkpoint(tmp_path / "fresh.pt").config["provenance"]["init_from"] is None
+    # A run started from the tuned weights records the whole lineage, nearest first.
+    tuned_again = load_checkpoint(tmp_path / "tuned.pt")
+    drain(
+        fit(
+            LabelsToIntensity(short),
+            bank,
+            SPEC,
+            short,
+            CPU,
+            tmp_path / "again.pt",
+            init_from=tuned_again,
+        )
+    )
+    lineage = load_checkpoint(tmp_path / "again.pt").config["provenance"]["init_from"]
+    assert lineage == {"source": str(tmp_path / "tuned.pt"), "steps": 5, "init_from": origin}
 
 
 def test_init_from_keeps_fitting_tensors_and_refuses_another_stage(bank: CaseBank) -> None:

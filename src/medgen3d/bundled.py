@@ -9,7 +9,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-__all__ = ["BUNDLED_MODELS", "DEMO", "bundled_model_path", "bundled_models"]
+__all__ = ["BUNDLED_MODELS", "DEMO", "bundled_model_of", "bundled_model_path", "bundled_models"]
 
 DEMO = "demo"
 # model name -> its folder inside the installed package
@@ -30,3 +30,13 @@ def bundled_models() -> list[str]:
         for name in BUNDLED_MODELS
         if any((bundled_model_path(name) / file).is_file() for file in _STAGE_FILES)
     ]
+
+
+def bundled_model_of(stage_file: str | Path) -> str | None:
+    """The name of the bundled model ``stage_file`` belongs to, or None for any other file:
+    a run started from a bundled model records its name, not this installation's path."""
+    folder = Path(stage_file).resolve().parent
+    for name in BUNDLED_MODELS:
+        if bundled_model_path(name).resolve() == folder:
+            return name
+    return None

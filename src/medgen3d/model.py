@@ -132,10 +132,9 @@ class GenerativeModel:
                 lines.append(f"{name + ':':9s}(missing)")
                 continue
             provenance = self.checkpoints[name].config.get("provenance", {})
-            init = provenance.get("init_from") or {}
-            before = f" (after {init['steps']} steps of {init['source']})" if init else ""
             lines.append(
-                f"{name + ':':9s}trained {provenance.get('steps', '?')} steps{before}"
+                f"{name + ':':9s}trained {provenance.get('steps', '?')} steps"
+                + _lineage(provenance.get("init_from"))
                 + f" on {provenance.get('cases', '?')} cases, saved {provenance.get('saved', '?')}"
             )
             calibration = provenance.get("calibration")
@@ -352,3 +351,13 @@ def _size(size: tuple[int, int] | None) -> str:
 
 def _spacing(spacing: tuple[float, float, float] | None) -> str:
     return "as the input" if spacing is None else " x ".join(f"{s:g}" for s in spacing) + " mm"
+
+
+def _lineage(init_from: dict[str, Any] | None) -> str:
+    """`` (after N steps of A, after M steps of B)``: the runs whose weights a stage's
+    training started from, nearest first (``provenance["init_from"]``, nested)."""
+    runs = []
+    while init_from:
+        runs.append(f"after {init_from.get('steps', '?')} steps of {init_from['source']}")
+        init_from = init_from.get("init_from")
+    return f" ({', '.join(runs)})" if runs else ""

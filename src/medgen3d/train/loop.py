@@ -23,6 +23,7 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from medgen3d import __version__
+from medgen3d.bundled import bundled_model_of
 from medgen3d.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from medgen3d.errors import InputError
 from medgen3d.progress import Progress, ProgressGenerator
@@ -299,7 +300,8 @@ def _first_step(
 ) -> tuple[int, dict[str, Any] | None]:
     """Restore a run to resume, or start a fresh one, from ``init_from``'s weights when
     given (step 0). Returns the first step and where the run's first weights came from
-    (``{"source", "steps"}``, ``None`` for a run from scratch)."""
+    (``{"source", "steps", "init_from"}``, the last being where those came from in turn;
+    ``None`` for a run from scratch)."""
     if resume and checkpoint_path.exists():
         checkpoint = load_checkpoint(checkpoint_path, stage=task.stage)
         start = _restore(task, checkpoint)
@@ -318,8 +320,13 @@ def _first_step(
             len(skipped),
             f": {', '.join(skipped[:5])}" if skipped else "",
         )
-        steps = init_from.config.get("provenance", {}).get("steps")
-        return 0, {"source": str(init_from.path), "steps": steps}
+        provenance = init_from.config.get("provenance", {})
+        bundled = bundled_model_of(init_from.path)
+        return 0, {
+            "source": str(init_from.path) if bundled is None else f"{bundled} (bundled)",
+            "steps": provenance.get("steps"),
+            "init_from": provenance.get("init_from"),  # its own start: the whole lineage
+        }
     return 0, None
 
 
