@@ -57,8 +57,8 @@ def mixed_precision(device: torch.device, amp: bool = True) -> torch.dtype | Non
     (AVX512-BF16 or AMX): the real-anatomy mask networks then take 1.4x (brain) and 1.9x
     (head and neck) the steps per CPU-hour, with losses within 0.1% of float32's and
     gradients at a cosine of 0.999 or more (``benchmarks/bench_mask_precision.py``).
-    Elsewhere bfloat16 is emulated and slower than float32. torch tells the CPU's features only through private helpers; a torch without
-    them counts as no native bfloat16.
+    Elsewhere bfloat16 is emulated and slower than float32. torch tells the CPU's features
+    only through private helpers; a torch without them counts as no native bfloat16.
     """
     if not amp:
         return None
