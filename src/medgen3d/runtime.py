@@ -54,10 +54,11 @@ def mixed_precision(device: torch.device, amp: bool = True) -> torch.dtype | Non
     (float32) when its recipe asks for none (``amp`` false) or none pays there.
 
     CUDA: float16, with loss scaling. CPU: bfloat16 where the processor computes it natively
-    (AVX512-BF16 or AMX): the real-anatomy mask networks then take 1.4x (brain) and 1.9x
-    (head and neck) the steps per CPU-hour, with losses within 0.1% of float32's and
-    gradients at a cosine of 0.999 or more (``benchmarks/bench_mask_precision.py``).
-    Elsewhere bfloat16 is emulated and slower than float32. torch tells the CPU's features
+    (AVX512-BF16 or AMX): every real-anatomy stage then takes 1.4-1.9x the steps per
+    CPU-hour, the mask networks with losses within 0.1% of float32's and gradients at a
+    cosine of 0.999 or more (``benchmarks/bench_mask_precision.py``, and
+    ``bench_stage_precision.py`` for whole steps of any stage). Elsewhere bfloat16 is
+    emulated and slower than float32. torch tells the CPU's features
     only through private helpers; a torch without them counts as no native bfloat16.
     """
     if not amp:
