@@ -43,6 +43,7 @@ def main() -> None:
     precision = mixed_precision(CPU.device)
     if precision is None:
         raise SystemExit("this CPU has no native bfloat16: amp trains in float32 here")
+    names = {False: "float32", True: str(precision).removeprefix("torch.")}
     recipe = load_recipe(args.recipe)
     bank = first_training_cases(args.data, recipe.data, args.cases)
     start = load_checkpoint(stage_file(args.model, args.stage))
@@ -60,11 +61,11 @@ def main() -> None:
             batch = task.make_batch(bank, stage.training.batch_size, rng)
             losses = task.training_step(batch)
             print(
-                f"{str(precision).removeprefix('torch.') if amp else 'float32':>8} step {step:3d} "
+                f"{names[amp]:>8} step {step:3d} "
                 + " ".join(f"{name} {float(value):.4f}" for name, value in losses.items())
             )
         seconds = (time.perf_counter() - began) / args.steps
-        print(f"{'mixed' if amp else 'float32'}: {seconds:.2f} s/step")
+        print(f"{names[amp]:>8}: {seconds:.2f} s/step")
 
 
 if __name__ == "__main__":

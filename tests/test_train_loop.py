@@ -279,6 +279,23 @@ def test_init_from_starts_a_fresh_run_at_the_given_weights(bank: CaseBank, tmp_p
     )
     lineage = load_checkpoint(tmp_path / "again.pt").config["provenance"]["init_from"]
     assert lineage == {"source": str(tmp_path / "tuned.pt"), "steps": 5, "init_from": origin}
+    # A start built in memory has no file to name; it still starts the run.
+    in_memory = dataclasses.replace(trained, path=None)
+    drain(
+        fit(
+            LabelsToIntensity(short),
+            bank,
+            SPEC,
+            short,
+            CPU,
+            tmp_path / "mem.pt",
+            init_from=in_memory,
+        )
+    )
+    assert (
+        load_checkpoint(tmp_path / "mem.pt").config["provenance"]["init_from"]["steps"]
+        == SETTINGS.max_steps
+    )
 
 
 def test_init_from_keeps_fitting_tensors_and_refuses_another_stage(bank: CaseBank) -> None:

@@ -58,8 +58,8 @@ def mixed_precision(device: torch.device, amp: bool = True) -> torch.dtype | Non
     CPU-hour, the mask networks with losses within 0.1% of float32's and gradients at a
     cosine of 0.999 or more (``benchmarks/bench_mask_precision.py``, and
     ``bench_stage_precision.py`` for whole steps of any stage). Elsewhere bfloat16 is
-    emulated and slower than float32. torch tells the CPU's features
-    only through private helpers; a torch without them counts as no native bfloat16.
+    emulated and slower than float32. torch tells the CPU's features only through private
+    helpers; a torch without them counts as no native bfloat16.
     """
     if not amp:
         return None

@@ -128,10 +128,11 @@ ENVELOPES = ("body", "head")
 # to the side.
 CAMERA_3D = (-20.0, 35.0, 150.0)
 # Directions of the displayed (vertical, horizontal) world axes. The world is RAS (the
-# reader places every volume by its affine), so the second-to-last axis is anterior or
-# superior and the last is the patient's right: radiology viewers show those up and to
-# the screen's left (axial slices seen from the feet, coronal from the front, sagittal
-# facing left); napari's array convention puts them down and to the right.
+# reader places every volume by its affine), so the vertical axis points anterior (axial
+# slices) or superior (coronal, sagittal) and the horizontal one to the patient's right
+# (axial, coronal) or anterior (sagittal): radiology viewers show both up and to the
+# screen's left (axial slices seen from the feet, coronal from the front, sagittal facing
+# left); napari's array convention puts them down and to the right.
 RADIOLOGICAL = ("up", "left")
 NAPARI_AXES = ("down", "right")
 STAGE_FILES = ("masks.pt", "images.pt", "refiner.pt")

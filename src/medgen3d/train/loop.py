@@ -321,7 +321,8 @@ def _first_step(
             f": {', '.join(skipped[:5])}" if skipped else "",
         )
         provenance = init_from.config.get("provenance", {})
-        bundled = bundled_model_of(init_from.path)
+        # a checkpoint built in memory has no file, hence no bundled model, to name
+        bundled = None if init_from.path is None else bundled_model_of(init_from.path)
         return 0, {
             "source": str(init_from.path) if bundled is None else f"{bundled} (bundled)",
             "steps": provenance.get("steps"),

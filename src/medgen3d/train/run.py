@@ -90,13 +90,14 @@ def train_stage(
 
 
 def _train(stage, data_dir, recipe, settings, out, runtime, resume, overwrite, start):
+    precision = _precision_name(runtime, settings)
     if runtime.is_main:
         log.info(
             "[config] stage -> %s, device -> %s, processes -> %d, mixed precision -> %s",
             stage,
             runtime.device,
             runtime.world_size,
-            _precision_name(runtime, settings),
+            precision,
         )
         log.info("[config] data -> %s", json.dumps(recipe.data.to_dict()))
         log.info("[config] training -> %s", json.dumps(settings.to_dict()))
@@ -125,7 +126,7 @@ def _train(stage, data_dir, recipe, settings, out, runtime, resume, overwrite, s
         "description": recipe.description,
         "dataset": recipe.dataset,
         "processes": runtime.world_size,
-        "mixed_precision": _precision_name(runtime, settings),
+        "mixed_precision": precision,
         "depth": bank.depth_range(),
         "anatomy": bank.anatomy_ranges(recipe.data.preprocessing.spacing, recipe.data.labels.names),
         "label_frequency": bank.label_frequency.tolist(),
