@@ -12,6 +12,7 @@ from medgen3d.evaluation.anatomy import (
     COMPONENT_MARGIN,
     ENCLOSED_FLOOR_ML,
     VOLUME_FACTOR,
+    AnatomyReference,
     MaskAnatomy,
     compare_anatomy,
     implausible,
@@ -187,73 +188,110 @@ def _stats(labels: np.ndarray) -> MaskAnatomy:
 
 
 def test_reference_volumes_are_plausible_against_their_own_set():
-    reference = [_stats(m) for m in _reference()]
-    for member in reference:
-        assert implausible(member, reference, NAMES) == []
+    members = [_stats(m) for m in _reference()]
+    reference = AnatomyReference.from_anatomies(members, NAMES)
+    for member in members:
+        assert implausible(member, reference) == []
+
+
+def test_a_reference_survives_json_and_judges_alike():
+    """A checkpoint carries the reference as JSON; read back it must flag the same maps."""
+    members = [_stats(m) for m in _reference()]
+    reference = AnatomyReference.from_anatomies(members, NAMES)
+    restored = AnatomyReference.from_dict(json.loads(json.dumps(reference.to_dict())))
+    assert restored.names == NAMES
+    np.testing.assert_array_equal(restored.volume_ml, reference.volume_ml)
+    np.testing.assert_array_equal(restored.present_in_all, [True, False])
+    striped = _map((1, np.s_[1:10, 2:6, 2:7]), (2, np.s_[2:5, 10:13, 10:13]))
+    striped[1::2] = 0
+    for labels in (*_reference(), striped, _map((2, np.s_[2:5, 10:13, 10:13]))):
+        assert implausible(_stats(labels), restored) == implausible(_stats(labels), reference)
+    assert implausible(_stats(striped), restored)  # the comparison is not vacuous
+
+
+def test_a_reference_covering_the_central_maps_flags_the_outliers_of_its_set():
+    """A span over all maps lets its outliers pass; over the central 95 % it does not."""
+    livers = [_map((1, np.s_[2 : 2 + depth, 2:6, 2:7])) for depth in [3, 4, 5] * 13]
+    outlier = _map((1, np.s_[1:11, 1:15, 1:15]))  # 10 times the largest other liver
+    members = [_stats(m) for m in [*livers, outlier]]
+    assert implausible(members[-1], AnatomyReference.from_anatomies(members, NAMES)) == []
+    central = AnatomyReference.from_anatomies(members, NAMES, coverage=0.95)
+    assert implausible(members[-1], central)[0].startswith("liver volume")
+    assert all(implausible(m, central) == [] for m in members[:-1])
+    assert AnatomyReference.from_dict(central.to_dict()).coverage == 0.95
+    with pytest.raises(ValueError, match="coverage"):
+        AnatomyReference.from_anatomies(members, NAMES, coverage=0.0)
 
 
 def test_a_missing_organ_is_flagged_only_when_every_reference_has_it():
-    reference = [_stats(m) for m in _reference()]
+    members = [_stats(m) for m in _reference()]
+    reference = AnatomyReference.from_anatomies(members, NAMES)
     no_liver = _stats(_map((2, np.s_[2:5, 10:13, 10:13])))
-    reasons = implausible(no_liver, reference, NAMES)
+    reasons = implausible(no_liver, reference)
     assert len(reasons) == 1
     assert "liver is missing" in reasons[0]
     # The spleen is absent from one reference map, so its absence is plausible.
     no_spleen = _stats(_map((1, np.s_[2:6, 2:6, 2:7])))
-    assert implausible(no_spleen, reference, NAMES) == []
+    assert implausible(no_spleen, reference) == []
 
 
 def test_a_fragmented_organ_is_flagged():
-    reference = [_stats(m) for m in _reference()]
-    most = max(int(r.components[0]) for r in reference)
+    members = [_stats(m) for m in _reference()]
+    reference = AnatomyReference.from_anatomies(members, NAMES)
+    most = max(int(r.components[0]) for r in members)
     labels = np.zeros(SHAPE, dtype=np.uint8)
     pieces = most + COMPONENT_MARGIN + 1
     for i in range(pieces):  # separate 2-voxel-wide columns, about the liver's volume
         labels[2:8, 2 + 3 * i : 4 + 3 * i, 2:4] = 1
-    reasons = implausible(_stats(labels), reference, NAMES)
+    reasons = implausible(_stats(labels), reference)
     assert reasons == [f"liver is in {pieces} pieces; reference volumes have at most {most}"]
     # One piece fewer is within the margin.
     labels[:, 2 + 3 * (pieces - 1) :, :] = 0
-    assert implausible(_stats(labels), reference, NAMES) == []
+    assert implausible(_stats(labels), reference) == []
 
 
 def test_volume_outside_the_plausible_range_is_flagged():
-    reference = [_stats(m) for m in _reference()]
-    largest = max(r.volume_ml[0] for r in reference)
+    members = [_stats(m) for m in _reference()]
+    reference = AnatomyReference.from_anatomies(members, NAMES)
+    largest = max(r.volume_ml[0] for r in members)
     # A liver of 10 * 10 * 5 voxels * 2 mm³ is over VOLUME_FACTOR times the largest.
     huge = _stats(_map((1, np.s_[1:11, 2:12, 2:7])))
     assert huge.volume_ml[0] > VOLUME_FACTOR * largest
-    reasons = implausible(huge, reference, NAMES)
+    reasons = implausible(huge, reference)
     assert len(reasons) == 1
     assert reasons[0].startswith("liver volume")
     tiny = _stats(_map((1, np.s_[2:3, 2:4, 2:5])))  # 6 voxels, far below 60 / 2
-    assert implausible(tiny, reference, NAMES)[0].startswith("liver volume")
+    assert implausible(tiny, reference)[0].startswith("liver volume")
 
 
 def test_holes_beyond_the_reference_and_the_floor_are_flagged():
-    reference = [_stats(m) for m in _reference()]  # no holes
+    members = [_stats(m) for m in _reference()]
+    reference = AnatomyReference.from_anatomies(members, NAMES)  # no holes
     liver = _map((1, np.s_[1:11, 1:15, 1:15]))
     hole_ml = ENCLOSED_FLOOR_ML + 0.2  # 600 voxels of 2 mm³: 10 slices of 6 x 10
     liver[1:11, 4:10, 3:13] = 0
-    reasons = implausible(_stats(liver), reference, NAMES)
+    reasons = implausible(_stats(liver), reference)
     assert reasons[-1] == (
         f"{hole_ml:.2f} ml of background is enclosed by labelled tissue (holes within axial "
         "slices); reference volumes have at most 0.00 ml"
     )
     liver[1:11, 4:10, 3:13] = 1
     liver[1:11, 4:6, 3:13] = 0  # 200 voxels, 0.4 ml: under the floor
-    assert not any("enclosed" in r for r in implausible(_stats(liver), reference, NAMES))
+    assert not any("enclosed" in r for r in implausible(_stats(liver), reference))
 
 
 def test_broken_continuity_and_unknown_organs_are_flagged():
-    reference = [_stats(m) for m in _reference()]
+    members = [_stats(m) for m in _reference()]
+    reference = AnatomyReference.from_anatomies(members, NAMES)
     striped = _map((1, np.s_[1:10, 2:6, 2:7]))
     striped[1::2] = 0  # liver on alternate slices only: continuity 0, one piece per slice
     assert any(
-        "continuity 0.00 is well below" in r for r in implausible(_stats(striped), reference, NAMES)
+        "continuity 0.00 is well below" in r for r in implausible(_stats(striped), reference)
     )
-    only_spleen_reference = [_stats(_map((2, np.s_[2:5, 10:13, 10:13])))] * 2
+    only_spleen_reference = AnatomyReference.from_anatomies(
+        [_stats(_map((2, np.s_[2:5, 10:13, 10:13])))] * 2, NAMES
+    )
     liver = _stats(_map((1, np.s_[2:6, 2:6, 2:7])))
-    assert implausible(liver, only_spleen_reference, NAMES)[0].startswith(
+    assert implausible(liver, only_spleen_reference)[0].startswith(
         "liver is present (0.16 ml); no reference volume has it"
     )

@@ -151,7 +151,11 @@ def generate_samples(
             pair.label,
             settings=seeded,
             model=model,
-            extra={"index": i, "base_seed": settings.seed},
+            extra={
+                "index": i,
+                "base_seed": settings.seed,
+                "anatomy_check": None if pair.anatomy is None else pair.anatomy.to_dict(),
+            },
             overwrite=overwrite,
         )
 

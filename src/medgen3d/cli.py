@@ -194,6 +194,14 @@ def _add_generate(subparsers: argparse._SubParsersAction) -> None:
     )
     _add_mask_sampling(p)
     p.add_argument(
+        "--redraws",
+        type=int,
+        default=DEFAULTS.masks.redraws,
+        help="draw a mask again, up to this many times, while it fails the anatomy check "
+        "against the model's training masks (sidecar: anatomy_check); 0 keeps the first "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
         "--refine-strength",
         type=float,
         default=DEFAULTS.refiner.strength,
@@ -357,7 +365,7 @@ def _generation_settings(args: argparse.Namespace) -> GenerationSettings:
     """The settings the ``generate`` options give (the depth is the model's unless given)."""
     return GenerationSettings(
         seed=args.seed,
-        masks=_mask_settings(args),
+        masks=dataclasses.replace(_mask_settings(args), redraws=args.redraws),
         refiner=RefineSettings(
             strength=args.refine_strength,
             steps=args.refine_steps,
@@ -625,6 +633,12 @@ def _add_pack_model(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--in", dest="source", required=True, help="folder with masks.pt etc.")
     p.add_argument("--out", required=True, help="model folder to write")
     _add_mask_model_settings(p)
+    p.add_argument(
+        "--anatomy-data",
+        metavar="DATA",
+        help="the model's training data folder: record its training anatomy (held-out cases "
+        "left out) afresh, for the anatomy check of generated masks",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace existing stage files")
     p.set_defaults(run=_run_pack_model)
 
@@ -640,7 +654,10 @@ def _run_pack_model(args: argparse.Namespace) -> None:
     )
     if masks == MaskSettings():  # none given: a source without a mask stage packs as well
         masks = None
-    for path in pack_model(args.source, args.out, overwrite=args.overwrite, masks=masks):
+    written = pack_model(
+        args.source, args.out, overwrite=args.overwrite, masks=masks, anatomy_data=args.anatomy_data
+    )
+    for path in written:
         log.info("wrote %s (%.1f MB)", path, path.stat().st_size / 1e6)
 
 

@@ -23,6 +23,7 @@ from typing import Literal
 
 import numpy as np
 
+from medgen3d.anatomy_check import AnatomyCheck, draw_plausible
 from medgen3d.errors import InputError
 from medgen3d.io import Volume
 from medgen3d.model import GenerativeModel
@@ -37,6 +38,7 @@ from medgen3d.stages.refiner import refine_volume
 __all__ = [
     "GeneratedPair",
     "check_mask_extent",
+    "checked_masks",
     "conform_labels",
     "generate_image",
     "generate_masks",
@@ -56,12 +58,15 @@ class GeneratedPair:
     label: Volume
     image: Volume | None
     settings: GenerationSettings
+    anatomy: AnatomyCheck | None = None
 
 
-def stage_seed(seed: int, stage: str) -> int:
-    """An independent seed per stage, so the stages' random streams never coincide."""
+def stage_seed(seed: int, stage: str, draw: int = 0) -> int:
+    """An independent seed per stage, so the stages' random streams never coincide, and per
+    draw of a stage that may draw again (:func:`generate_pair`'s masks)."""
     index = ("masks", "images", "refiner").index(stage)
-    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+    entropy = [seed, index] + ([draw] if draw else [])
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
 def model_grid(data: DataSpec, depth: int) -> np.ndarray:
@@ -76,7 +81,10 @@ def model_grid(data: DataSpec, depth: int) -> np.ndarray:
 
 
 def generate_masks(
-    model: GenerativeModel, settings: GenerationSettings, seed_mask: Volume | None = None
+    model: GenerativeModel,
+    settings: GenerationSettings,
+    seed_mask: Volume | None = None,
+    draw: int = 0,
 ) -> ProgressGenerator[Volume]:
     """A label volume from the mask model, optionally completing a user's seed slices.
 
@@ -85,6 +93,8 @@ def generate_masks(
         settings: seed, depth (ignored when ``seed_mask`` is given) and mask settings.
         seed_mask: a label volume whose non-empty slices are kept exactly and whose empty
             slices are generated; its in-plane size must be the model's.
+        draw: which of the sample's masks to draw, each from its own seed
+            (:func:`checked_masks` draws again while the anatomy check fails).
 
     Returns:
         Label values on the seed mask's grid, or on :func:`model_grid` without one.
@@ -105,7 +115,7 @@ def generate_masks(
     work = sample_mask_volume(
         mask_model,
         grid.shape[0],
-        seed=stage_seed(settings.seed, "masks"),
+        seed=stage_seed(settings.seed, "masks", draw),
         sampler=settings.masks.sampler,
         steps=settings.masks.steps,
         undo_weighting=settings.masks.undo_weighting,
@@ -129,12 +139,31 @@ def generate_pair(
     seed_mask: Volume | None = None,
     stage: Literal["all", "masks"] = "all",
 ) -> ProgressGenerator[GeneratedPair]:
-    """Masks from the mask model, then (``stage="all"``) their image, refined."""
-    label = yield from generate_masks(model, settings, seed_mask)
+    """Masks from the mask model (:func:`checked_masks`), then (``stage="all"``) their
+    image, refined."""
+    label, anatomy = yield from checked_masks(model, settings, seed_mask)
     if stage == "masks":
-        return GeneratedPair(label, None, settings)
+        return GeneratedPair(label, None, settings, anatomy)
     image = yield from generate_image(model, label, settings)
-    return GeneratedPair(label, image, settings)
+    return GeneratedPair(label, image, settings, anatomy)
+
+
+def checked_masks(
+    model: GenerativeModel, settings: GenerationSettings, seed_mask: Volume | None = None
+) -> ProgressGenerator[tuple[Volume, AnatomyCheck | None]]:
+    """:func:`generate_masks`, checked against the model's training anatomy and drawn again
+    up to ``settings.masks.redraws`` times while flagged (:func:`draw_plausible`).
+
+    A mask completing a user's seed slices is checked but never drawn again: the seeds fix
+    part of its anatomy, which may be a partial volume the whole-volume reference does not
+    describe, and the user who painted them decides what to keep.
+    """
+    redraws = settings.masks.redraws if seed_mask is None else 0
+    return (
+        yield from draw_plausible(
+            model, lambda draw: generate_masks(model, settings, seed_mask, draw), redraws
+        )
+    )
 
 
 def generate_image(

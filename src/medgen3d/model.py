@@ -29,6 +29,7 @@ from medgen3d.checkpoint import MODEL_STAGES, Checkpoint, load_checkpoint, save_
 from medgen3d.errors import InputError
 from medgen3d.recipe import DataSpec
 from medgen3d.settings import MaskSettings
+from medgen3d.train.bank import CaseBank
 
 __all__ = [
     "BUNDLED_MODELS",
@@ -219,6 +220,7 @@ def pack_model(
     *,
     overwrite: bool = False,
     masks: MaskSettings | None = None,
+    anatomy_data: str | Path | None = None,
 ) -> list[Path]:
     """Copy the stage checkpoints in ``source`` to ``out`` with inference weights only,
     and ``masks``' sampling settings, where given, as the mask stage's own
@@ -228,15 +230,28 @@ def pack_model(
     needs neither, which makes it several times smaller. The stages are checked against
     each other (:func:`load_model`'s rules) before anything is written.
 
+    ``anatomy_data``, the model's training data folder, records the anatomy of its
+    training cases (held-out cases left out) afresh in every stage, as training does
+    (:meth:`~medgen3d.train.bank.CaseBank.anatomy_ranges`): a model trained before a
+    statistic was recorded gets it without retraining.
+
     Raises:
-        InputError: for sampling settings and a source without a mask stage.
+        InputError: for sampling settings and a source without a mask stage, or naming
+            the file, for unreadable training data.
     """
     files = _stage_files(Path(source), str(source))
     checkpoints: dict[str, Checkpoint] = {}
     for expected, file in files.items():
         checkpoint = _load_stage(file, expected)
         checkpoints[checkpoint.stage] = checkpoint
-    _shared_data_spec(checkpoints)
+    spec = _shared_data_spec(checkpoints)
+    if anatomy_data is not None:
+        bank = CaseBank.from_folder(anatomy_data, spec, exclude=spec.holdout)
+        anatomy = bank.anatomy_ranges(spec.preprocessing.spacing, spec.labels.names)
+        checkpoints = {
+            stage: _with_provenance(checkpoint, anatomy=anatomy)
+            for stage, checkpoint in checkpoints.items()
+        }
     if masks is not None:
         if "masks" not in checkpoints:
             raise InputError("has no masks stage to set sampling settings for", source)
@@ -254,6 +269,13 @@ def with_mask_sampling(checkpoint: Checkpoint, masks: MaskSettings) -> Checkpoin
         if value is not None:
             network[key] = value
     config = {**checkpoint.config, "model": network}
+    return Checkpoint(checkpoint.stage, config, checkpoint.weights, checkpoint.training)
+
+
+def _with_provenance(checkpoint: Checkpoint, **facts: Any) -> Checkpoint:
+    """``checkpoint`` with ``facts`` recorded in (or replacing those of) its provenance."""
+    provenance = {**checkpoint.config.get("provenance", {}), **facts}
+    config = {**checkpoint.config, "provenance": provenance}
     return Checkpoint(checkpoint.stage, config, checkpoint.weights, checkpoint.training)
 
 

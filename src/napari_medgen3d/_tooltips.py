@@ -17,6 +17,9 @@ TOOLTIPS = {
     "min_island": "Once the volume is generated, pieces of a structure smaller than this "
     "many voxels take their neighbours' labels; 0 keeps every piece (set from the model; "
     "painted slices are never changed).",
+    "redraws": "Draw a mask again, up to this many times, while it fails the anatomy check "
+    "against the model's training masks (a structure missing, far too large, in pieces or "
+    "broken from slice to slice); 0 keeps the first. Completed seeds are never redrawn.",
     "strength": "How much the refiner may change the image: 0 keeps it as generated, "
     "1 re-draws it entirely from the mask.",
     "refine_steps": "Denoising steps of the refiner.",

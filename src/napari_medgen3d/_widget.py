@@ -89,6 +89,7 @@ SECTIONS = {
         "steps",
         "fill_holes",
         "min_island",
+        "redraws",
         "strength",
         "refine_steps",
         "refine_sampler",
@@ -183,6 +184,7 @@ class MedGen3DWidget(Container):
         # set to the loaded model's own setting; unticked shows the masks as sampled
         self._fill_holes = CheckBox(value=False, text="Close holes in generated slices")
         self._min_island = SpinBox(value=0, min=0, max=10**6, label="Islands under (voxels)")
+        self._redraws = SpinBox(value=DEFAULTS.masks.redraws, min=0, max=20, label="Redraws")
         self._strength = FloatSlider(
             value=DEFAULTS.refiner.strength, min=0.0, max=1.0, step=0.05, label="Refine strength"
         )
@@ -518,6 +520,11 @@ class MedGen3DWidget(Container):
                     model, seeded, stage="all" if what == "pair" else "masks"
                 )
                 name = f"sample {settings.seed}-{index}"
+                if pair.anatomy is not None and not pair.anatomy.passed:
+                    show_warning(
+                        f"MedGen3D: {name}: every mask drawn ({pair.anatomy.draws}) failed the "
+                        f"anatomy check; kept the one with: {'; '.join(pair.anatomy.faults)}"
+                    )
                 results.append(Generated(pair.label, "labels", f"{name} labels", seeded))
                 if pair.image is not None:
                     results.append(Generated(pair.image, "image", f"{name} image", seeded))
@@ -650,6 +657,7 @@ class MedGen3DWidget(Container):
                 # before a model is loaded the boxes have not shown its settings yet
                 fill_holes=None if self._model is None else bool(self._fill_holes.value),
                 min_island_voxels=None if self._model is None else int(self._min_island.value),
+                redraws=int(self._redraws.value),
             ),
             refiner=RefineSettings(
                 strength=float(self._strength.value),

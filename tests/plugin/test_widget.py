@@ -317,6 +317,7 @@ def test_cli_and_widget_take_their_defaults_from_the_settings(make_napari_viewer
 
 def test_holes_and_islands_follow_the_loaded_model(make_napari_viewer, qtbot, tmp_path) -> None:
     from medgen3d.checkpoint import load_checkpoint, save_checkpoint
+    from medgen3d.settings import DEFAULTS
     from napari_medgen3d._widget import MedGen3DWidget
 
     folder = write_tiny_model(tmp_path / "model")
@@ -335,6 +336,9 @@ def test_holes_and_islands_follow_the_loaded_model(make_napari_viewer, qtbot, tm
     w._fill_holes.value, w._min_island.value = False, 0
     assert w._settings().masks.fill_holes is False
     assert w._settings().masks.min_island_voxels == 0
+    assert loaded.redraws == DEFAULTS.masks.redraws
+    w._redraws.value = 0
+    assert w._settings().masks.redraws == 0
 
 
 def test_image_from_masks_with_a_label_map_and_a_size_warning(

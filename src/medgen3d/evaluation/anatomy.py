@@ -14,8 +14,9 @@ spacing is ``(z, y, x)`` in mm.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import ndimage, stats
@@ -28,6 +29,7 @@ __all__ = [
     "CONTINUITY_MARGIN",
     "ENCLOSED_FLOOR_ML",
     "VOLUME_FACTOR",
+    "AnatomyReference",
     "MaskAnatomy",
     "compare_anatomy",
     "implausible",
@@ -156,15 +158,115 @@ def compare_anatomy(
     return report
 
 
-def implausible(
-    sample: MaskAnatomy, reference: Sequence[MaskAnatomy], names: Sequence[str]
-) -> list[str]:
+@dataclass(frozen=True, eq=False)
+class AnatomyReference:
+    """The span of a reference set of label maps, per label: all :func:`implausible` needs.
+
+    A few numbers per label instead of every reference map, so a model can carry the
+    reference of its training masks in its checkpoint and check what it generates
+    without the training data at hand.
+
+    Attributes:
+        names: the foreground labels, channels 1..C-1 in order.
+        present_in_all: (C-1,) bool, the label is in every reference map.
+        present_in_any: (C-1,) bool, the label is in at least one.
+        volume_ml: (2, C-1) smallest and largest volume (0 for maps that lack the label).
+        components: (C-1,) the most connected components of the label in one map.
+        continuity: (C-1,) the lowest slice-to-slice continuity where the label is present,
+            nan where it never is.
+        enclosed_ml: the most background enclosed by labelled tissue in one map.
+        coverage: the central fraction of the reference maps these figures span
+            (:meth:`from_anatomies`); 1 for all of them.
+    """
+
+    names: tuple[str, ...]
+    present_in_all: np.ndarray
+    present_in_any: np.ndarray
+    volume_ml: np.ndarray
+    components: np.ndarray
+    continuity: np.ndarray
+    enclosed_ml: float
+    coverage: float = 1.0
+
+    @classmethod
+    def from_anatomies(
+        cls, anatomies: Sequence[MaskAnatomy], names: Sequence[str], coverage: float = 1.0
+    ) -> AnatomyReference:
+        """The reference spanned by the statistics of a set of maps: by all of them, or by
+        the central ``coverage`` of each statistic's values (a structure counts as always
+        present when at least the upper quantile of the maps have it).
+
+        A set of a few dozen scans, such as the held-out cases of an evaluation, spans its
+        central 95 % or so; a training set of hundreds also holds the rare scan that
+        reaches far below the neck (a spinal cord of 1.1 litres) or an organ contoured on
+        one slice, which would widen a min-max span until nothing is flagged.
+
+        Raises:
+            ValueError: for an empty set, a coverage outside (0, 1], or when ``names`` does
+                not match the label count.
+        """
+        if not anatomies:
+            raise ValueError("the reference set is empty")
+        if not 0.0 < coverage <= 1.0:
+            raise ValueError(f"coverage must be in (0, 1], got {coverage}")
+        low, high = (1.0 - coverage) / 2.0, (1.0 + coverage) / 2.0
+        ref = _stack(anatomies, names)
+        present = ref.volume_ml > 0
+        continuity = [
+            np.quantile(ref.continuity[present[:, i], i], low) if present[:, i].any() else np.nan
+            for i in range(len(names))
+        ]
+        return cls(
+            names=tuple(names),
+            present_in_all=present.mean(axis=0) >= high,
+            present_in_any=present.any(axis=0),
+            volume_ml=np.quantile(ref.volume_ml, [low, high], axis=0),
+            components=np.ceil(np.quantile(ref.components, high, axis=0)).astype(np.int64),
+            continuity=np.array(continuity, dtype=float),
+            enclosed_ml=float(np.quantile(ref.enclosed_ml, high)),
+            coverage=coverage,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON values, per label name (a never-present label's continuity is None)."""
+        labels = {
+            name: {
+                "present_in_all": bool(self.present_in_all[i]),
+                "present_in_any": bool(self.present_in_any[i]),
+                "volume_ml": [float(v) for v in self.volume_ml[:, i]],
+                "components": int(self.components[i]),
+                "continuity": None if np.isnan(self.continuity[i]) else float(self.continuity[i]),
+            }
+            for i, name in enumerate(self.names)
+        }
+        return {"labels": labels, "enclosed_ml": self.enclosed_ml, "coverage": self.coverage}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> AnatomyReference:
+        """The inverse of :meth:`to_dict`."""
+        labels = d["labels"]
+        rows = list(labels.values())
+        return cls(
+            names=tuple(labels),
+            present_in_all=np.array([r["present_in_all"] for r in rows], dtype=bool),
+            present_in_any=np.array([r["present_in_any"] for r in rows], dtype=bool),
+            volume_ml=np.array([r["volume_ml"] for r in rows], dtype=float).reshape(-1, 2).T,
+            components=np.array([r["components"] for r in rows], dtype=np.int64),
+            continuity=np.array(
+                [np.nan if r["continuity"] is None else r["continuity"] for r in rows]
+            ),
+            enclosed_ml=float(d["enclosed_ml"]),
+            coverage=float(d["coverage"]),
+        )
+
+
+def implausible(sample: MaskAnatomy, reference: AnatomyReference) -> list[str]:
     """Reasons why a label map is anatomically implausible against a reference set.
 
     Per label, the sample is flagged when the label
 
-    - is missing although every reference volume has it;
-    - is present although no reference volume has it;
+    - is missing although every reference map has it;
+    - is present although no reference map has it;
     - has a volume outside ``[min / VOLUME_FACTOR, max * VOLUME_FACTOR]`` of the
       reference volumes (with 0 for those that lack it);
     - has more than ``COMPONENT_MARGIN`` connected components beyond the reference maximum;
@@ -176,47 +278,43 @@ def implausible(
 
     Args:
         sample: statistics of the label map to check.
-        reference: statistics of the reference set (real scans, or the training masks).
-        names: names of the foreground labels, channels 1..C-1 in order.
+        reference: the span of the reference set (real scans, or the training masks).
 
     Returns:
         One sentence per problem, naming the label; empty when the sample is plausible.
 
     Raises:
-        ValueError: for an empty reference or when ``names`` does not match the label count.
+        ValueError: when the reference's labels do not match the sample's.
     """
-    if not reference:
-        raise ValueError("the reference set is empty")
-    _check_names(sample, names)
-    ref = _stack(reference, names)
+    _check_names(sample, reference.names)
     reasons: list[str] = []
-    for i, name in enumerate(names):
-        volume, ref_volumes = sample.volume_ml[i], ref.volume_ml[:, i]
-        present = ref_volumes > 0
+    for i, name in enumerate(reference.names):
+        volume = sample.volume_ml[i]
         if volume == 0:
-            if present.all():
-                reasons.append(f"{name} is missing; all {len(present)} reference volumes have it")
+            if reference.present_in_all[i]:
+                reasons.append(f"{name} is missing; every reference volume has it")
             continue
-        if not present.any():
+        if not reference.present_in_any[i]:
             reasons.append(f"{name} is present ({volume:.2f} ml); no reference volume has it")
             continue
-        low, high = ref_volumes.min() / VOLUME_FACTOR, ref_volumes.max() * VOLUME_FACTOR
+        smallest, largest = reference.volume_ml[:, i]
+        low, high = smallest / VOLUME_FACTOR, largest * VOLUME_FACTOR
         if not low <= volume <= high:
             reasons.append(
                 f"{name} volume {volume:.2f} ml is outside the plausible [{low:.2f}, {high:.2f}] ml"
             )
-        most = int(ref.components[:, i].max())
+        most = int(reference.components[i])
         if sample.components[i] > most + COMPONENT_MARGIN:
             reasons.append(
                 f"{name} is in {sample.components[i]} pieces; reference volumes have at most {most}"
             )
-        least = ref.continuity[present, i].min()  # never nan where present
+        least = reference.continuity[i]  # never nan where present
         if sample.continuity[i] < least - CONTINUITY_MARGIN:
             reasons.append(
                 f"{name} slice-to-slice continuity {sample.continuity[i]:.2f} is well below "
                 f"the reference minimum {least:.2f}"
             )
-    most_enclosed = float(ref.enclosed_ml.max())
+    most_enclosed = reference.enclosed_ml
     if sample.enclosed_ml > max(VOLUME_FACTOR * most_enclosed, ENCLOSED_FLOOR_ML):
         reasons.append(
             f"{sample.enclosed_ml:.2f} ml of background is enclosed by labelled tissue "

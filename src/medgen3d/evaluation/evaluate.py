@@ -31,7 +31,12 @@ import numpy as np
 import torch
 
 from medgen3d.errors import InputError
-from medgen3d.evaluation.anatomy import compare_anatomy, implausible, mask_anatomy
+from medgen3d.evaluation.anatomy import (
+    AnatomyReference,
+    compare_anatomy,
+    implausible,
+    mask_anatomy,
+)
 from medgen3d.evaluation.from_masks import images_from_real_masks
 from medgen3d.evaluation.metrics import (
     frechet_distance,
@@ -321,10 +326,11 @@ def _anatomy(
         name: [mask_anatomy(labels, num_classes, spacing) for labels in bank.labels]
         for name, bank in (("real", real), ("synthetic", synthetic))
     }
+    reference = AnatomyReference.from_anatomies(anatomy["real"], names[1:])
     flagged = {
         case: reasons
         for case, sample in zip(synthetic.names, anatomy["synthetic"], strict=True)
-        if (reasons := implausible(sample, anatomy["real"], names[1:]))
+        if (reasons := implausible(sample, reference))
     }
     return anatomy, flagged
 

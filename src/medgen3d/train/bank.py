@@ -19,6 +19,7 @@ import torch
 
 from medgen3d.datasets import discover_pairs, load_case
 from medgen3d.errors import InputError
+from medgen3d.evaluation.anatomy import AnatomyReference, mask_anatomy
 from medgen3d.preprocessing import IntensityWindow
 from medgen3d.recipe import DataSpec
 
@@ -26,6 +27,10 @@ __all__ = ["INTENSITY_PERCENTILES", "CaseBank"]
 
 # The percentiles of each label's intensities that a model records about its training data.
 INTENSITY_PERCENTILES = (1.0, 50.0, 99.0)
+# The central fraction of the training masks whose anatomy a model records as the reference
+# of its generated masks: what a held-out set of a few dozen scans spans, without the rare
+# outliers of hundreds (AnatomyReference.from_anatomies).
+REFERENCE_COVERAGE = 0.95
 
 
 @dataclass(frozen=True)
@@ -118,7 +123,10 @@ class CaseBank:
         Returns:
             ``extent_mm``: per axis ``(z, y, x)``, min and max over cases of the labelled
             region's extent; ``volume_ml``: per label name, min and max over the cases
-            holding it.
+            holding it; ``reference``: the span of every structure's volume, pieces and
+            continuity over the central :data:`REFERENCE_COVERAGE` of the cases
+            (:class:`~medgen3d.evaluation.anatomy.AnatomyReference`), against which
+            generation checks its masks.
         """
         spacing = np.asarray(spacing if spacing is not None else (1.0, 1.0, 1.0), float)
         extents, volumes = [], {name: [] for name in names[1:]}
@@ -130,9 +138,13 @@ class CaseBank:
                 if counts[channel]:
                     volumes[name].append(counts[channel] * spacing.prod() / 1000.0)
         extent = np.stack(extents) if extents else np.zeros((1, 3))
+        anatomies = [mask_anatomy(labels, self.num_classes, spacing) for labels in self.labels]
         return {
             "extent_mm": {"min": extent.min(0).tolist(), "max": extent.max(0).tolist()},
             "volume_ml": {n: [min(v), max(v)] for n, v in volumes.items() if v},
+            "reference": AnatomyReference.from_anatomies(
+                anatomies, names[1:], REFERENCE_COVERAGE
+            ).to_dict(),
         }
 
     def subset(self, ids: Sequence[int]) -> CaseBank:
