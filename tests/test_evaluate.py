@@ -84,6 +84,7 @@ def test_a_set_against_itself_has_zero_distance_and_equal_figures(real: Path, se
     for label in metrics["anatomy"].values():
         assert label["volume_wasserstein_ml"] == 0.0
     assert metrics["implausible_samples"] == {}
+    assert metrics["generation_checks"] is None  # no sidecars: nothing to say
     holes = metrics["enclosed_background_ml"]
     assert holes["synthetic"] == holes["real"]
     # a segmenter that learned the phantom finds the "synthetic" masks in their images
@@ -111,8 +112,13 @@ def test_tiny_evaluation_with_downstream_writes_a_complete_report(
     real: Path, tmp_path: Path
 ) -> None:
     synthetic = write_small_phantoms(tmp_path / "synthetic", n=4, seed=100)
+    # Sidecars as generate writes them, for two of the samples: 1 draw and 3 draws.
+    for name, draws, passed in (("phantom_0000", 1, True), ("phantom_0002", 3, False)):
+        check = {"passed": passed, "draws": draws, "faults": [], "rejected": []}
+        (synthetic / f"{name}.json").write_text(json.dumps({"anatomy_check": check}))
     settings = EvaluationSettings(SegmenterSettings(steps=20, batch_size=4), downstream_real=1)
     result = drain(evaluate(real, synthetic, DATA, settings))
+    assert result.metrics["generation_checks"] == {"samples": 2, "draws": 4, "passed": 1}
     down = result.metrics["downstream_dice"]
     assert set(down["dice"]) == {"real", "real+synthetic", "synthetic"}
     assert (down["real_cases"], down["synthetic_cases"], down["steps"]) == (1, 4, 20)
@@ -143,6 +149,7 @@ def test_tiny_evaluation_with_downstream_writes_a_complete_report(
     for section in ("## Alignment", "## Fidelity", "## Diversity", "## Mask anatomy"):
         assert section in report
     assert "Background enclosed by labelled tissue (holes within axial slices)" in report
+    assert "Generation drew 4 masks for 2 samples" in report and "1 of the 2 kept" in report
     assert "## Downstream segmentation" in report and "figures/downstream.png" in report
     with pytest.raises(OutputExistsError):
         write_report(result, out)

@@ -21,6 +21,7 @@ into cases that train the segmenter and held-out cases that score it. Then:
 from __future__ import annotations
 
 import dataclasses
+import json
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -222,6 +223,7 @@ def evaluate(
             if (enclosed := [a.enclosed_ml for a in masks])
         },
         "implausible_samples": flagged,
+        "generation_checks": _generation_checks(synthetic_dir, synthetic.names),
         "downstream_dice": downstream,
     }
     volumes = {k: np.stack([a.volume_ml for a in v]) for k, v in anatomy.items()}
@@ -333,6 +335,26 @@ def _anatomy(
         if (reasons := implausible(sample, reference))
     }
     return anatomy, flagged
+
+
+def _generation_checks(folder: str | Path, names: Sequence[str]) -> dict[str, int] | None:
+    """What the anatomy check did while the synthetic set was generated, from the samples'
+    sidecars (``NAME.json``): ``samples`` checked, ``draws`` made for them, and how many
+    kept masks ``passed``; ``None`` when no sidecar records a check."""
+    checks = []
+    for name in names:
+        sidecar = Path(folder) / f"{name}.json"
+        if sidecar.is_file():
+            check = json.loads(sidecar.read_text()).get("anatomy_check")
+            if check is not None:
+                checks.append(check)
+    if not checks:
+        return None
+    return {
+        "samples": len(checks),
+        "draws": sum(c["draws"] for c in checks),
+        "passed": sum(bool(c["passed"]) for c in checks),
+    }
 
 
 def _train(

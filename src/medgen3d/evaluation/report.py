@@ -224,6 +224,15 @@ def _anatomy_section(metrics: dict[str, Any]) -> list[str]:
             f"{_num(real['max'])}).",
             "",
         ]
+    if checks := metrics.get("generation_checks"):
+        lines += [
+            f"Generation drew {checks['draws']} masks for {checks['samples']} samples: each was "
+            "checked against the model's training masks and drawn again while flagged "
+            f"(`generate --redraws`); {checks['passed']} of the {checks['samples']} kept "
+            "passed that check. The verdicts below compare them with the real reference "
+            "instead.",
+            "",
+        ]
     flagged, total = metrics["implausible_samples"], metrics["cases"]["synthetic"]
     if flagged:
         lines += [f"Implausible synthetic masks ({len(flagged)} of {total}):", ""]
