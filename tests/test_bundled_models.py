@@ -6,12 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from medgen3d.anatomy_check import training_reference
 from medgen3d.bundled import BUNDLED_MODELS, bundled_model_of, bundled_model_path, bundled_models
 from medgen3d.errors import InputError
 from medgen3d.generate import generate_pair
 from medgen3d.model import load_model
 from medgen3d.progress import drain
 from medgen3d.settings import GenerationSettings, MaskSettings, RefineSettings
+from medgen3d.train.bank import REFERENCE_COVERAGE
 
 REAL_ANATOMY = ("brain-mri", "headneck-ct")
 
@@ -49,8 +51,22 @@ def test_bundled_model_generates_a_short_pair_on_its_grid(bundled: str) -> None:
 
 
 def test_real_anatomy_models_say_what_they_were_trained_on(real_anatomy: str) -> None:
-    text = load_model(real_anatomy, "cpu").describe()
+    model = load_model(real_anatomy, "cpu")
+    text = model.describe()
     assert "licence:" in text and "held out:" in text and "data:" in text
+    assert "check:  generated masks against the training masks' anatomy" in text
+
+
+def test_real_anatomy_models_carry_the_reference_their_masks_are_checked_against(
+    real_anatomy: str,
+) -> None:
+    model = load_model(real_anatomy, "cpu")
+    reference = training_reference(model)
+    assert reference.names == model.data.labels.names[1:]
+    assert reference.coverage == REFERENCE_COVERAGE
+    # Every structure of the table occurs in the training masks, within a finite span.
+    assert reference.present_in_any.all()
+    assert np.all(reference.volume_ml[1] > reference.volume_ml[0])
 
 
 def test_unknown_or_absent_bundled_name_is_a_clear_error(tmp_path, monkeypatch) -> None:

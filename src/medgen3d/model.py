@@ -153,7 +153,18 @@ class GenerativeModel:
                     f"{'':9s}gives a structure's pieces under {islands} voxels, all but its "
                     "largest, to their neighbours (min_island_voxels)"
                 )
+        lines.append(self._anatomy_check())
         return "\n".join(lines)
+
+    def _anatomy_check(self) -> str:
+        """Whether generated masks can be checked against the training anatomy."""
+        reference = (self.recorded("anatomy") or {}).get("reference")
+        if reference is None:
+            return "check:  none (no training anatomy recorded; pack-model --anatomy-data adds it)"
+        return (
+            "check:  generated masks against the training masks' anatomy (the central "
+            f"{reference['coverage']:.0%} of the cases), drawn again while flagged"
+        )
 
     def _training_data(self) -> list[str]:
         """What the recipe says the model was trained on, its licence and held-out cases."""
