@@ -27,7 +27,7 @@ import torch
 from scipy import ndimage
 
 from medgen3d.checkpoint import load_checkpoint
-from medgen3d.evaluation.anatomy import implausible, mask_anatomy
+from medgen3d.evaluation.anatomy import AnatomyReference, implausible, mask_anatomy
 from medgen3d.evaluation.segmenter import dice_per_label
 from medgen3d.phantom import PHANTOM_TABLE, make_phantom
 from medgen3d.progress import drain
@@ -62,14 +62,16 @@ def denoising_dice(model: MaskDiffusionModel, phantoms: list[np.ndarray]) -> Non
 
 
 def sample_anatomy(model: MaskDiffusionModel, phantoms: list[np.ndarray], steps: int) -> None:
-    reference = [mask_anatomy(p, len(NAMES), SPACING) for p in phantoms]
+    reference = AnatomyReference.from_anatomies(
+        [mask_anatomy(p, len(NAMES), SPACING) for p in phantoms], NAMES[1:]
+    )
     offsets, pieces, reasons = [], [], Counter()
     for seed in range(len(phantoms)):
         volume = drain(sample_mask_volume(model, phantoms[0].shape[0], seed=seed, steps=steps))
         _, y, x = ndimage.center_of_mass(volume > 0)
         offsets.append(np.hypot(y - (volume.shape[1] - 1) / 2, x - (volume.shape[2] - 1) / 2))
         pieces.append(np.mean([ndimage.label(s)[1] for s in volume > 0 if s.any()]))
-        found = implausible(mask_anatomy(volume, len(NAMES), SPACING), reference, NAMES[1:])
+        found = implausible(mask_anatomy(volume, len(NAMES), SPACING), reference)
         reasons.update(reason.split(" ")[0] for reason in found)
         flagged = ", ".join(r.split(";")[0] for r in found) or "plausible"
         print(

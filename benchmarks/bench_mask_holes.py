@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from medgen3d.calibration import sample_channels
-from medgen3d.evaluation.anatomy import implausible, mask_anatomy
+from medgen3d.evaluation.anatomy import AnatomyReference, implausible, mask_anatomy
 from medgen3d.holes import enclosed_in_slices
 from medgen3d.islands import remove_islands
 from medgen3d.model import load_model
@@ -60,6 +60,7 @@ def main() -> None:
 
     reference = first_training_cases(args.data, spec, args.cases)
     anatomies = [mask_anatomy(c, len(table), spacing) for c in reference.labels]
+    span = AnatomyReference.from_anatomies(anatomies, table.names[1:])
     header = "background ml" + ("  subject in structures ml" if subject is not None else "")
     print(f"{len(reference)} training cases: {header}")
     for name, channels in zip(reference.names, reference.labels, strict=True):
@@ -67,7 +68,7 @@ def main() -> None:
 
     def faults(channels: np.ndarray) -> list[str]:
         anatomy = mask_anatomy(channels, len(table), spacing)
-        return implausible(anatomy, anatomies, table.names[1:])
+        return implausible(anatomy, span)
 
     filled = []
     for fill in (False, True):
