@@ -71,12 +71,15 @@ class Generated:
         name: the layer's name.
         settings: the settings it was generated with, kept in a labels layer's metadata
             (exporting the pair writes them beside it); ``None`` when not one set.
+        warning: what the user should know about it, shown when the layer appears (on the
+            GUI thread, where napari's notifications belong).
     """
 
     volume: Volume
     kind: LayerKind
     name: str
     settings: GenerationSettings | None = None
+    warning: str | None = None
 
 
 @dataclass(frozen=True)
@@ -88,11 +91,13 @@ class ResultLayer:
         data: the layer data, ``(Z, Y, X)``.
         kwargs: the keyword arguments of ``viewer.add_image`` / ``viewer.add_labels``
             (name, metadata, placement, colours, contrast limits, opacity).
+        warning: :attr:`Generated.warning`.
     """
 
     kind: LayerKind
     data: np.ndarray
     kwargs: dict[str, Any]
+    warning: str | None = None
 
     @property
     def name(self) -> str:
@@ -204,7 +209,7 @@ class Display:
                 geometry["settings"] = generated.settings.to_dict()
         else:
             kwargs["contrast_limits"] = self.contrast_limits(data)
-        return ResultLayer(generated.kind, data, kwargs)
+        return ResultLayer(generated.kind, data, kwargs, generated.warning)
 
     def layers(self, results: Iterable[Generated]) -> tuple[ResultLayer, ...]:
         """The results as layer data, images first: each labels layer then lies above the

@@ -520,12 +520,13 @@ class MedGen3DWidget(Container):
                     model, seeded, stage="all" if what == "pair" else "masks"
                 )
                 name = f"sample {settings.seed}-{index}"
+                warning = None
                 if pair.anatomy is not None and not pair.anatomy.passed:
-                    show_warning(
-                        f"MedGen3D: {name}: every mask drawn ({pair.anatomy.draws}) failed the "
-                        f"anatomy check; kept the one with: {'; '.join(pair.anatomy.faults)}"
+                    warning = (
+                        f"{name}: every mask drawn ({pair.anatomy.draws}) failed the anatomy "
+                        f"check; kept the one with: {'; '.join(pair.anatomy.faults)}"
                     )
-                results.append(Generated(pair.label, "labels", f"{name} labels", seeded))
+                results.append(Generated(pair.label, "labels", f"{name} labels", seeded, warning))
                 if pair.image is not None:
                     results.append(Generated(pair.image, "image", f"{name} image", seeded))
             return tuple(results)
@@ -608,6 +609,9 @@ class MedGen3DWidget(Container):
         for layer in self._live.finish(results):
             if isinstance(layer, Labels):
                 layer.contour = 1 if self._contours.value else 0
+        for result in results:
+            if result.warning:
+                show_warning(f"MedGen3D: {result.warning}")
 
     def _on_error(self, exc: Exception) -> None:
         if isinstance(exc, _JobError):

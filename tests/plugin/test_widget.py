@@ -369,6 +369,37 @@ def test_image_from_masks_with_a_label_map_and_a_size_warning(
     assert any("trained on 28-30" in m for m in messages)
 
 
+def test_a_mask_failing_every_anatomy_check_is_shown_with_a_warning(
+    make_napari_viewer, qtbot, tmp_path
+) -> None:
+    from napari.utils.notifications import notification_manager
+
+    from _stage_data import TINY_DATA
+    from medgen3d.evaluation.anatomy import AnatomyReference, mask_anatomy
+    from napari_medgen3d._widget import MedGen3DWidget
+
+    table = TINY_DATA.labels
+    body = np.zeros((12, 16, 16), dtype=np.uint8)
+    body[:, 2:14, 2:14] = 1  # channel 1, body: what no untrained mask model draws
+    anatomy = mask_anatomy(body, len(table), TINY_DATA.preprocessing.spacing)
+    reference = AnatomyReference.from_anatomies([anatomy], table.names[1:])
+    model = write_tiny_model(
+        tmp_path / "model", provenance={"anatomy": {"reference": reference.to_dict()}}
+    )
+    viewer = make_napari_viewer()
+    w = MedGen3DWidget(viewer)
+    w._model_file.value = model / "masks.pt"
+    w._depth.value, w._steps.value, w._redraws.value = 12, 2, 1
+    messages = []
+    notification_manager.notification_ready.connect(lambda n: messages.append(str(n.message)))
+    w.generate_masks()
+    qtbot.waitUntil(lambda: "sample 0-0 labels" in viewer.layers, timeout=TIMEOUT_MS)
+    _wait_idle(qtbot, w)
+    warned = [m for m in messages if "failed the anatomy check" in m]
+    assert len(warned) == 1 and "every mask drawn (2)" in warned[0]
+    assert "body is missing" in warned[0]
+
+
 def test_export_pair_as_dicom(widget, qtbot, tmp_path) -> None:
     import pydicom
 
