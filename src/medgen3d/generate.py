@@ -53,7 +53,9 @@ __all__ = [
 
 @dataclass(frozen=True)
 class GeneratedPair:
-    """A generated label volume and, unless only masks were asked for, its image."""
+    """A generated label volume and, unless only masks were asked for, its image, with the
+    anatomy check of the label volume (``None`` for a model that recorded no training
+    anatomy)."""
 
     label: Volume
     image: Volume | None
