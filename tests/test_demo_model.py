@@ -9,7 +9,7 @@ import numpy as np
 from scipy import ndimage
 
 from medgen3d.cli import main
-from medgen3d.evaluation.anatomy import implausible, mask_anatomy
+from medgen3d.evaluation.anatomy import AnatomyReference, implausible, mask_anatomy
 from medgen3d.io import load_volume
 from medgen3d.model import demo_model_path, load_model
 from medgen3d.phantom import PHANTOM_TABLE, make_phantom
@@ -100,10 +100,9 @@ def test_demo_masks_have_the_phantoms_anatomy(tmp_path: Path) -> None:
 
     reference = [make_phantom(seed).label.data for seed in range(100, 108)]
     spacing = (5.0, 6.0, 6.0)
-    problems = implausible(
-        mask_anatomy(label, len(names), spacing),
-        [mask_anatomy(r, len(names), spacing) for r in reference],
-        names[1:],
+    span = AnatomyReference.from_anatomies(
+        [mask_anatomy(r, len(names), spacing) for r in reference], names[1:]
     )
+    problems = implausible(mask_anatomy(label, len(names), spacing), span)
     big = ("body", "right_lung", "left_lung", "heart", "spine")
     assert [p for p in problems if p.startswith(big)] == []
