@@ -166,10 +166,13 @@ class AnatomyReference:
     reference of its training masks in its checkpoint and check what it generates
     without the training data at hand.
 
+    Each figure is over the central ``coverage`` of the maps (with coverage 1, over all):
+    "smallest" is then the lower quantile, "most" the upper one.
+
     Attributes:
         names: the foreground labels, channels 1..C-1 in order.
         present_in_all: (C-1,) bool, the label is in every reference map.
-        present_in_any: (C-1,) bool, the label is in at least one.
+        present_in_any: (C-1,) bool, the label is in at least one (over all maps).
         volume_ml: (2, C-1) smallest and largest volume (0 for maps that lack the label).
         components: (C-1,) the most connected components of the label in one map.
         continuity: (C-1,) the lowest slice-to-slice continuity where the label is present,
