@@ -69,6 +69,9 @@ def test_training_writes_a_resumable_checkpoint(trained: tuple[Path, list]) -> N
     assert set(checkpoint.weights) == {"generator"}
     assert set(losses[0]) == {"l1", "g_adv", "feature_matching", "d_adv"}
     assert checkpoint.config["model"] == ImageTrainingConfig.from_dict(MODEL).to_dict()
+    # the anatomy reference generation checks against is the mask stage's, measured there only
+    assert "volume_ml" in checkpoint.config["provenance"]["anatomy"]
+    assert "reference" not in checkpoint.config["provenance"]["anatomy"]
     assert np.mean([x["l1"] for x in losses[-20:]]) < np.mean([x["l1"] for x in losses[:5]])
 
 

@@ -322,3 +322,7 @@ def test_anatomy_ranges_are_physical_extents_and_volumes(bank: CaseBank) -> None
     np.testing.assert_allclose(ranges["extent_mm"]["max"], np.max(extents, axis=0))
     heart = [np.count_nonzero(lab == TABLE.value_of("heart")) * 1e-3 for lab in bank.labels]
     assert ranges["volume_ml"]["heart"] == pytest.approx([min(heart), max(heart)])
+    assert set(ranges["reference"]["labels"]) == set(TABLE.names[1:])
+    without = bank.anatomy_ranges((2.0, 1.0, 0.5), TABLE.names, reference=False)
+    assert "reference" not in without
+    assert without["volume_ml"] == ranges["volume_ml"]

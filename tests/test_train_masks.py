@@ -145,6 +145,7 @@ def test_label_weighted_training_samples_the_unweighted_statistics(
     )
     native = mixed_precision(torch.device("cpu")) == torch.bfloat16  # the recipe asks for AMP
     assert checkpoint.config["provenance"]["mixed_precision"] == ("bfloat16" if native else None)
+    assert "reference" in checkpoint.config["provenance"]["anatomy"]  # what generation checks
     model = MaskDiffusionModel.from_checkpoint(checkpoint)
     truth = _fractions(bank.labels)
 

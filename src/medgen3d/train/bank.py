@@ -115,7 +115,7 @@ class CaseBank:
         return counts / counts.sum()
 
     def anatomy_ranges(
-        self, spacing: Sequence[float] | None, names: Sequence[str]
+        self, spacing: Sequence[float] | None, names: Sequence[str], reference: bool = True
     ) -> dict[str, dict[str, list[float]]]:
         """The physical size of the training anatomy, recorded in every checkpoint, so a
         user's mask far from what the model has seen can be recognised as such.
@@ -126,7 +126,8 @@ class CaseBank:
             holding it; ``reference``: the span of every structure's volume, pieces and
             continuity over the central :data:`REFERENCE_COVERAGE` of the cases
             (:class:`~medgen3d.evaluation.anatomy.AnatomyReference`), against which
-            generation checks its masks.
+            generation checks its masks. ``reference=False`` leaves it out: only the mask
+            stage's is read, and measuring every structure of every case takes minutes.
         """
         spacing = np.asarray(spacing if spacing is not None else (1.0, 1.0, 1.0), float)
         extents, volumes = [], {name: [] for name in names[1:]}
@@ -138,14 +139,16 @@ class CaseBank:
                 if counts[channel]:
                     volumes[name].append(counts[channel] * spacing.prod() / 1000.0)
         extent = np.stack(extents) if extents else np.zeros((1, 3))
-        anatomies = [mask_anatomy(labels, self.num_classes, spacing) for labels in self.labels]
-        return {
+        ranges = {
             "extent_mm": {"min": extent.min(0).tolist(), "max": extent.max(0).tolist()},
             "volume_ml": {n: [min(v), max(v)] for n, v in volumes.items() if v},
-            "reference": AnatomyReference.from_anatomies(
-                anatomies, names[1:], REFERENCE_COVERAGE
-            ).to_dict(),
         }
+        if reference:
+            anatomies = [mask_anatomy(lab, self.num_classes, spacing) for lab in self.labels]
+            ranges["reference"] = AnatomyReference.from_anatomies(
+                anatomies, names[1:], REFERENCE_COVERAGE
+            ).to_dict()
+        return ranges
 
     def subset(self, ids: Sequence[int]) -> CaseBank:
         """The cases ``ids``, in that order."""

@@ -128,7 +128,11 @@ def _train(stage, data_dir, recipe, settings, out, runtime, resume, overwrite, s
         "processes": runtime.world_size,
         "mixed_precision": precision,
         "depth": bank.depth_range(),
-        "anatomy": bank.anatomy_ranges(recipe.data.preprocessing.spacing, recipe.data.labels.names),
+        "anatomy": bank.anatomy_ranges(
+            recipe.data.preprocessing.spacing,
+            recipe.data.labels.names,
+            reference=stage == "masks",  # generation reads the mask stage's only
+        ),
         "label_frequency": bank.label_frequency.tolist(),
         "label_intensities": bank.label_intensities(
             recipe.data.preprocessing.window, recipe.data.labels.names
