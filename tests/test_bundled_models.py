@@ -67,6 +67,9 @@ def test_real_anatomy_models_carry_the_reference_their_masks_are_checked_against
     # Every structure of the table occurs in the training masks, within a finite span.
     assert reference.present_in_any.all()
     assert np.all(reference.volume_ml[1] > reference.volume_ml[0])
+    # ... and a length: generated structures too long for the training anatomy are flagged.
+    slice_mm = model.data.preprocessing.spacing[0]
+    assert np.all(reference.length_mm >= slice_mm)
 
 
 def test_unknown_or_absent_bundled_name_is_a_clear_error(tmp_path, monkeypatch) -> None:

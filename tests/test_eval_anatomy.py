@@ -1,4 +1,4 @@
-"""Mask anatomy on constructed label maps with known volumes, pieces and continuity."""
+"""Mask anatomy on constructed label maps with known volumes, lengths, pieces and continuity."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 from medgen3d.evaluation.anatomy import (
     COMPONENT_MARGIN,
     ENCLOSED_FLOOR_ML,
+    LENGTH_FACTOR,
     VOLUME_FACTOR,
     AnatomyReference,
     MaskAnatomy,
@@ -31,9 +32,11 @@ def _map(*boxes: tuple[int, tuple[slice, slice, slice]]) -> np.ndarray:
     return labels
 
 
-def _anatomy(volume_ml, components, continuity) -> MaskAnatomy:
+def _anatomy(volume_ml, components, continuity, length_mm=None) -> MaskAnatomy:
+    volume_ml = np.asarray(volume_ml, dtype=float)
     return MaskAnatomy(
-        np.asarray(volume_ml, dtype=float),
+        volume_ml,
+        np.where(volume_ml > 0, 10.0, 0.0) if length_mm is None else np.asarray(length_mm),
         np.asarray(components, dtype=np.int64),
         np.asarray(continuity, dtype=float),
         enclosed_ml=0.0,
@@ -68,6 +71,15 @@ def test_separated_blobs_are_separate_components_and_diagonal_contact_joins():
     diagonal = np.zeros(SHAPE, dtype=np.uint8)
     diagonal[[0, 1, 2], [0, 1, 2], [0, 1, 2]] = 1
     assert mask_anatomy(diagonal, 2, (1, 1, 1)).components[0] == 1
+
+
+def test_length_is_the_slice_span_of_the_largest_piece():
+    labels = _map((1, np.s_[2:10, 4:8, 4:8]))  # 8 slices
+    labels[11, 0, 0] = 1  # a stray voxel further down is a piece, not length
+    labels[5, 12:14, 12:14] = 2
+    anatomy = mask_anatomy(labels, num_classes=4, spacing=(2.5, 1.0, 1.0))
+    np.testing.assert_allclose(anatomy.length_mm, [8 * 2.5, 2.5, 0.0])
+    np.testing.assert_array_equal(anatomy.components, [2, 1, 0])
 
 
 def test_a_straight_tube_is_fully_continuous_whatever_its_length():
@@ -138,15 +150,16 @@ def test_compare_identical_sets_has_zero_wasserstein():
     assert report["liver"]["real_volume_ml_mean"] == pytest.approx(70 / 3)
     assert report["liver"]["real_components_mean"] == 1.0
     assert report["liver"]["synthetic_continuity_mean"] == pytest.approx(0.9)
+    assert report["liver"]["real_length_mm_mean"] == 10.0
     assert math.isnan(report["spleen"]["real_continuity_mean"])  # absent everywhere
 
 
 def test_compare_a_set_scaled_by_two():
     # Sorted volumes pair up, so W1(v, 2v) = mean(|2v - v|) = mean(v) for v >= 0.
     volumes = (10.0, 20.0, 40.0, 0.0)
-    real = [_anatomy([v, 5.0], [1, 1], [0.8, 0.9]) for v in volumes]
+    real = [_anatomy([v, 5.0], [1, 1], [0.8, 0.9], [v, 3.0]) for v in volumes]
     synthetic = [
-        _anatomy([2 * v, 5.0], [c, 1], [t, 0.9])
+        _anatomy([2 * v, 5.0], [c, 1], [t, 0.9], [2 * v, 3.0])
         for v, c, t in zip(volumes, (1, 3, 5, 0), (0.5, np.nan, 0.7, np.nan), strict=True)
     ]
     report = compare_anatomy(real, synthetic, NAMES)
@@ -155,6 +168,8 @@ def test_compare_a_set_scaled_by_two():
     assert liver["synthetic_volume_ml_mean"] == pytest.approx(2 * np.mean(volumes))
     assert liver["synthetic_components_mean"] == pytest.approx(9 / 4)
     assert liver["synthetic_continuity_mean"] == pytest.approx(0.6)  # absent ones left out
+    assert liver["real_length_mm_mean"] == pytest.approx(70 / 3)  # so are their lengths
+    assert liver["synthetic_length_mm_mean"] == pytest.approx(140 / 3)
     assert report["spleen"]["volume_wasserstein_ml"] == 0.0
     # Plain floats: the report goes to JSON as it is.
     assert all(type(value) is float for row in report.values() for value in row.values())
@@ -254,8 +269,9 @@ def test_volume_outside_the_plausible_range_is_flagged():
     members = [_stats(m) for m in _reference()]
     reference = AnatomyReference.from_anatomies(members, NAMES)
     largest = max(r.volume_ml[0] for r in members)
-    # A liver of 10 * 10 * 5 voxels * 2 mm³ is over VOLUME_FACTOR times the largest.
-    huge = _stats(_map((1, np.s_[1:11, 2:12, 2:7])))
+    # A liver of 7 * 12 * 12 voxels * 2 mm³ is over VOLUME_FACTOR times the largest (and
+    # 14 mm long, within LENGTH_FACTOR times the longest 12 mm).
+    huge = _stats(_map((1, np.s_[2:9, 2:14, 2:14])))
     assert huge.volume_ml[0] > VOLUME_FACTOR * largest
     reasons = implausible(huge, reference)
     assert len(reasons) == 1
@@ -295,3 +311,22 @@ def test_broken_continuity_and_unknown_organs_are_flagged():
     assert implausible(liver, only_spleen_reference)[0].startswith(
         "liver is present (0.16 ml); no reference volume has it"
     )
+
+
+def test_a_structure_longer_than_the_reference_is_flagged():
+    """Drawn through twice its slices at a thinner section, an organ keeps a plausible
+    volume; its length gives it away."""
+    members = [_stats(m) for m in _reference()]  # livers of 3-6 slices of 2 mm
+    reference = AnatomyReference.from_anatomies(members, NAMES)
+    assert reference.length_mm[0] == 12.0
+    long_thin = _stats(_map((1, np.s_[2:10, 2:4, 2:5])))  # 16 mm, 0.096 ml
+    assert 16.0 > 12.0 * LENGTH_FACTOR
+    assert implausible(long_thin, reference) == [
+        "liver reaches 16 mm from head to foot; reference volumes at most 12 mm"
+    ]
+    assert implausible(_stats(_map((1, np.s_[2:9, 2:4, 2:5]))), reference) == []  # 14 mm
+    # A reference recorded before lengths were checks none.
+    recorded = reference.to_dict()
+    for row in recorded["labels"].values():
+        del row["length_mm"]
+    assert implausible(long_thin, AnatomyReference.from_dict(recorded)) == []

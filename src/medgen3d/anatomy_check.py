@@ -6,8 +6,8 @@ structure lost, doubled in size or broken from slice to slice; a segmentation mo
 trained on such a mask learns the fault. Like MAISI's generation scripts, which check each
 generated mask's organ volumes and generate again when one is out of range, generation
 compares every mask with the span of the training masks the checkpoint records
-(:class:`~medgen3d.evaluation.anatomy.AnatomyReference`: each structure's volume, pieces
-and slice-to-slice continuity, and the holes in the labelled region) and, while the mask
+(:class:`~medgen3d.evaluation.anatomy.AnatomyReference`: each structure's volume, length,
+pieces and slice-to-slice continuity, and the holes in the labelled region) and, while the mask
 is flagged, draws a new one from a seed derived from the sample's, up to a given number of
 times. The training masks only are the reference, never a held-out case. Each sample's
 sidecar records how many draws it took and what was wrong with those it set aside, so a

@@ -1,9 +1,10 @@
-"""Anatomy of label maps: organ volumes, fragmentation, slice-to-slice continuity and holes.
+"""Anatomy of label maps: organ volumes, lengths, fragmentation, continuity and holes.
 
 Image metrics cannot tell a plausible mask from one with a missing lung or a heart in five
-pieces. These statistics can, per foreground label: how big it is (ml), in how many
-3-D connected pieces, and how smoothly it continues from one axial slice to the next,
-which is what breaks first when a volume is generated as a stack of slice sequences. And
+pieces. These statistics can, per foreground label: how big it is (ml), how far it reaches
+from head to foot (mm), in how many 3-D connected pieces, and how smoothly it continues
+from one axial slice to the next, which is what breaks first when a volume is generated as
+a stack of slice sequences. And
 per map: how much background lies enclosed by labelled tissue within an axial slice, the
 holes a sampler leaves where it is unsure which structure belongs (the image stage paints
 them as air inside the head), which no per-label figure shows.
@@ -28,6 +29,7 @@ __all__ = [
     "COMPONENT_MARGIN",
     "CONTINUITY_MARGIN",
     "ENCLOSED_FLOOR_ML",
+    "LENGTH_FACTOR",
     "VOLUME_FACTOR",
     "AnatomyReference",
     "MaskAnatomy",
@@ -40,6 +42,10 @@ __all__ = [
 # of the reference volumes: room for patients smaller or larger than a reference set of a
 # few dozen scans, while an organ under half the smallest or over twice the largest is flagged.
 VOLUME_FACTOR = 2.0
+# Its length may reach LENGTH_FACTOR times the reference maximum: the volume's allowance in
+# one dimension (a structure scaled by 2^(1/3) in every direction doubles its volume). Only
+# too long is flagged: a scan's field of view may cut a real structure short.
+LENGTH_FACTOR = VOLUME_FACTOR ** (1.0 / 3.0)
 # It may have up to COMPONENT_MARGIN more connected components than the reference maximum:
 # a stray voxel or two beside an organ is common (and harmless) in generated masks.
 COMPONENT_MARGIN = 2
@@ -57,6 +63,11 @@ class MaskAnatomy:
 
     Attributes:
         volume_ml: volume of each label, (C-1,) float, 0 where absent.
+        length_mm: craniocaudal length of each label's largest connected piece, from its
+            first to its last axial slice, (C-1,) float, 0 where absent. A structure the
+            generator draws through twice the slices at its real cross-section stays
+            within the volume range of a varied reference set; it does not stay within
+            this. Stray pieces are counted by ``components``, not here.
         components: number of 3-D connected components (26-connectivity), (C-1,) int.
         continuity: mean Dice between adjacent axial slices, over the pairs between the
             label's first and last slice in which it is present in either slice; (C-1,)
@@ -69,14 +80,15 @@ class MaskAnatomy:
     """
 
     volume_ml: np.ndarray
+    length_mm: np.ndarray
     components: np.ndarray
     continuity: np.ndarray
     enclosed_ml: float
 
 
 def mask_anatomy(labels: np.ndarray, num_classes: int, spacing: Sequence[float]) -> MaskAnatomy:
-    """Volume, connected components and continuity of every foreground label, and the
-    background enclosed by the labelled region.
+    """Volume, length, connected components and continuity of every foreground label, and
+    the background enclosed by the labelled region.
 
     Args:
         labels: label map (Z, H, W) of channel indices in ``[0, num_classes)``.
@@ -106,16 +118,18 @@ def mask_anatomy(labels: np.ndarray, num_classes: int, spacing: Sequence[float])
     voxel_ml = float(np.prod(spacing)) / 1000.0  # mm³ -> ml
 
     counts = np.bincount(labels.ravel().astype(np.intp), minlength=num_classes)[1:]
+    length = np.zeros(num_classes - 1)
     components = np.zeros(num_classes - 1, dtype=np.int64)
     continuity = np.full(num_classes - 1, np.nan)
     for channel in range(1, num_classes):
         if counts[channel - 1] == 0:
             continue
         mask = labels == channel
-        components[channel - 1] = ndimage.label(mask, structure=PIECES)[1]
+        pieces, components[channel - 1] = ndimage.label(mask, structure=PIECES)
+        length[channel - 1] = _largest_piece_slices(pieces) * spacing[0]
         continuity[channel - 1] = _slice_continuity(mask)
     enclosed = np.count_nonzero(enclosed_in_slices(labels))
-    return MaskAnatomy(counts * voxel_ml, components, continuity, enclosed * voxel_ml)
+    return MaskAnatomy(counts * voxel_ml, length, components, continuity, enclosed * voxel_ml)
 
 
 def compare_anatomy(
@@ -132,8 +146,9 @@ def compare_anatomy(
         For each name: ``volume_wasserstein_ml`` (1-D Wasserstein distance between the two
         sets' volume distributions, in ml; volumes of 0 count, so a label missing from
         some samples moves it), ``real_/synthetic_volume_ml_mean``,
-        ``real_/synthetic_components_mean`` and ``real_/synthetic_continuity_mean`` (over
-        the volumes where the label is present; nan if it is present in none). Plain
+        ``real_/synthetic_length_mm_mean``, ``real_/synthetic_components_mean`` and
+        ``real_/synthetic_continuity_mean`` (lengths and continuity over the volumes where
+        the label is present; nan if it is present in none). Plain
         floats, ready for JSON (nan aside).
 
     Raises:
@@ -142,6 +157,7 @@ def compare_anatomy(
     if not real or not synthetic:
         raise ValueError(f"both sets need volumes, got {len(real)} real and {len(synthetic)}")
     r, s = _stack(real, names), _stack(synthetic, names)
+    present_r, present_s = r.volume_ml > 0, s.volume_ml > 0
     report: dict[str, dict[str, float]] = {}
     for i, name in enumerate(names):
         report[name] = {
@@ -150,6 +166,12 @@ def compare_anatomy(
             ),
             "real_volume_ml_mean": float(r.volume_ml[:, i].mean()),
             "synthetic_volume_ml_mean": float(s.volume_ml[:, i].mean()),
+            "real_length_mm_mean": _mean_present(
+                np.where(present_r[:, i], r.length_mm[:, i], np.nan)
+            ),
+            "synthetic_length_mm_mean": _mean_present(
+                np.where(present_s[:, i], s.length_mm[:, i], np.nan)
+            ),
             "real_components_mean": float(r.components[:, i].mean()),
             "synthetic_components_mean": float(s.components[:, i].mean()),
             "real_continuity_mean": _mean_present(r.continuity[:, i]),
@@ -174,6 +196,8 @@ class AnatomyReference:
         present_in_all: (C-1,) bool, the label is in every reference map.
         present_in_any: (C-1,) bool, the label is in at least one (over all maps).
         volume_ml: (2, C-1) smallest and largest volume (0 for maps that lack the label).
+        length_mm: (C-1,) the longest the label is where present, nan where it never is
+            (or where the reference was recorded before lengths were: nothing to check).
         components: (C-1,) the most connected components of the label in one map.
         continuity: (C-1,) the lowest slice-to-slice continuity where the label is present,
             nan where it never is.
@@ -186,6 +210,7 @@ class AnatomyReference:
     present_in_all: np.ndarray
     present_in_any: np.ndarray
     volume_ml: np.ndarray
+    length_mm: np.ndarray
     components: np.ndarray
     continuity: np.ndarray
     enclosed_ml: float
@@ -215,30 +240,29 @@ class AnatomyReference:
         low, high = (1.0 - coverage) / 2.0, (1.0 + coverage) / 2.0
         ref = _stack(anatomies, names)
         present = ref.volume_ml > 0
-        continuity = [
-            np.quantile(ref.continuity[present[:, i], i], low) if present[:, i].any() else np.nan
-            for i in range(len(names))
-        ]
         return cls(
             names=tuple(names),
             present_in_all=present.mean(axis=0) >= high,
             present_in_any=present.any(axis=0),
             volume_ml=np.quantile(ref.volume_ml, [low, high], axis=0),
+            length_mm=_quantile_where_present(ref.length_mm, present, high),
             components=np.ceil(np.quantile(ref.components, high, axis=0)).astype(np.int64),
-            continuity=np.array(continuity, dtype=float),
+            continuity=_quantile_where_present(ref.continuity, present, low),
             enclosed_ml=float(np.quantile(ref.enclosed_ml, high)),
             coverage=coverage,
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON values, per label name (a never-present label's continuity is None)."""
+        """Plain JSON values, per label name (a never-present label's length and continuity
+        are None)."""
         labels = {
             name: {
                 "present_in_all": bool(self.present_in_all[i]),
                 "present_in_any": bool(self.present_in_any[i]),
                 "volume_ml": [float(v) for v in self.volume_ml[:, i]],
+                "length_mm": _or_none(self.length_mm[i]),
                 "components": int(self.components[i]),
-                "continuity": None if np.isnan(self.continuity[i]) else float(self.continuity[i]),
+                "continuity": _or_none(self.continuity[i]),
             }
             for i, name in enumerate(self.names)
         }
@@ -246,7 +270,8 @@ class AnatomyReference:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> AnatomyReference:
-        """The inverse of :meth:`to_dict`."""
+        """The inverse of :meth:`to_dict`; a reference recorded before lengths were
+        (no ``length_mm``) checks none."""
         labels = d["labels"]
         rows = list(labels.values())
         return cls(
@@ -254,10 +279,9 @@ class AnatomyReference:
             present_in_all=np.array([r["present_in_all"] for r in rows], dtype=bool),
             present_in_any=np.array([r["present_in_any"] for r in rows], dtype=bool),
             volume_ml=np.array([r["volume_ml"] for r in rows], dtype=float).reshape(-1, 2).T,
+            length_mm=_from_none([r.get("length_mm") for r in rows]),
             components=np.array([r["components"] for r in rows], dtype=np.int64),
-            continuity=np.array(
-                [np.nan if r["continuity"] is None else r["continuity"] for r in rows]
-            ),
+            continuity=_from_none([r["continuity"] for r in rows]),
             enclosed_ml=float(d["enclosed_ml"]),
             coverage=float(d["coverage"]),
         )
@@ -272,6 +296,8 @@ def implausible(sample: MaskAnatomy, reference: AnatomyReference) -> list[str]:
     - is present although no reference map has it;
     - has a volume outside ``[min / VOLUME_FACTOR, max * VOLUME_FACTOR]`` of the
       reference volumes (with 0 for those that lack it);
+    - is longer (its largest piece, head to foot) than ``LENGTH_FACTOR`` times the longest
+      it is in the reference;
     - has more than ``COMPONENT_MARGIN`` connected components beyond the reference maximum;
     - has a continuity more than ``CONTINUITY_MARGIN`` below the reference minimum;
 
@@ -306,6 +332,12 @@ def implausible(sample: MaskAnatomy, reference: AnatomyReference) -> list[str]:
             reasons.append(
                 f"{name} volume {volume:.2f} ml is outside the plausible [{low:.2f}, {high:.2f}] ml"
             )
+        longest = reference.length_mm[i]  # nan for a reference without lengths
+        if sample.length_mm[i] > longest * LENGTH_FACTOR:
+            reasons.append(
+                f"{name} reaches {sample.length_mm[i]:.0f} mm from head to foot; reference "
+                f"volumes at most {longest:.0f} mm"
+            )
         most = int(reference.components[i])
         if sample.components[i] > most + COMPONENT_MARGIN:
             reasons.append(
@@ -324,6 +356,14 @@ def implausible(sample: MaskAnatomy, reference: AnatomyReference) -> list[str]:
             f"(holes within axial slices); reference volumes have at most {most_enclosed:.2f} ml"
         )
     return reasons
+
+
+def _largest_piece_slices(pieces: np.ndarray) -> int:
+    """Axial slices spanned by the largest piece of a (Z, H, W) ``ndimage.label`` result
+    with at least one piece."""
+    largest = np.argmax(np.bincount(pieces.ravel())[1:]) + 1
+    slices = np.flatnonzero((pieces == largest).any(axis=(1, 2)))
+    return int(slices[-1] - slices[0] + 1)
 
 
 def _slice_continuity(mask: np.ndarray) -> float:
@@ -352,10 +392,33 @@ def _stack(anatomies: Sequence[MaskAnatomy], names: Sequence[str]) -> MaskAnatom
         _check_names(anatomy, names)
     return MaskAnatomy(
         np.stack([a.volume_ml for a in anatomies]),
+        np.stack([a.length_mm for a in anatomies]),
         np.stack([a.components for a in anatomies]),
         np.stack([a.continuity for a in anatomies]),
         np.array([a.enclosed_ml for a in anatomies]),
     )
+
+
+def _quantile_where_present(values: np.ndarray, present: np.ndarray, q: float) -> np.ndarray:
+    """Per label (column) of ``(n, C-1)`` ``values``, their ``q`` quantile over the maps
+    where the label is present; nan for a label present in none."""
+    return np.array(
+        [
+            np.quantile(values[present[:, i], i], q) if present[:, i].any() else np.nan
+            for i in range(values.shape[1])
+        ],
+        dtype=float,
+    )
+
+
+def _or_none(value: float) -> float | None:
+    """``value`` as a JSON number, None for nan."""
+    return None if np.isnan(value) else float(value)
+
+
+def _from_none(values: Sequence[float | None]) -> np.ndarray:
+    """The inverse of :func:`_or_none` over a list: a float array, nan for None."""
+    return np.array([np.nan if v is None else v for v in values], dtype=float)
 
 
 def _mean_present(values: np.ndarray) -> float:

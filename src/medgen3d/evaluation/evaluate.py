@@ -12,7 +12,7 @@ into cases that train the segmenter and held-out cases that score it. Then:
 * **fidelity**: FID and kernel distance on the segmenter's 2.5D encoder features, real vs
   synthetic, with real vs real (two halves of the real set) as the floor;
 * **diversity**: mean pairwise MS-SSIM within each set;
-* **anatomy**: per-label volume distributions, components and slice continuity, with the
+* **anatomy**: per-label volume distributions, lengths, components and slice continuity, with the
   synthetic masks that look implausible next to the real ones;
 * **downstream**: the same segmenter trained on a few real cases, on those plus the
   synthetic set, and on the synthetic set alone, scored on the held-out real cases.
