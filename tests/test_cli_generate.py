@@ -54,16 +54,29 @@ def test_undo_weighting_is_recorded_and_checked(
     assert "undo weighting must be in [0, 1], got 1.5" in capsys.readouterr().err
 
 
-def test_fill_holes_and_islands_are_recorded(tiny_model: Path, tmp_path: Path) -> None:
+def test_fill_holes_islands_and_overlap_are_recorded(tiny_model: Path, tmp_path: Path) -> None:
     cases = (
         (["--fill-holes"], "fill_holes", True),
         (["--no-fill-holes"], "fill_holes", False),
         (["--min-island", "5"], "min_island_voxels", 5),
+        (["--overlap", "2"], "overlap", 2),
     )
     for n, (flags, key, recorded) in enumerate(cases):
         assert _generate(tiny_model, tmp_path / str(n), *flags, "--stage", "masks") == 0
         sidecar = json.loads((tmp_path / str(n) / "sample_0000.json").read_text())
         assert sidecar["settings"]["masks"][key] == recorded
+
+
+@pytest.mark.parametrize(
+    ("overlap", "message"),
+    [("-1", "overlap must be a whole number >= 0, got -1"), ("99", "overlap must be in [0, ")],
+)
+def test_an_overlap_the_sequences_cannot_have_is_refused(
+    tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture, overlap: str, message: str
+) -> None:
+    assert _generate(tiny_model, tmp_path, "--overlap", overlap, "--stage", "masks") == 2
+    assert message in capsys.readouterr().err
+    assert not list(tmp_path.glob("*.nii.gz"))
 
 
 def test_pack_model_sets_the_mask_sampling_the_model_ships_with(
@@ -74,9 +87,11 @@ def test_pack_model_sets_the_mask_sampling_the_model_ships_with(
 
     out = tmp_path / "packed"
     command = ["pack-model", "--in", str(tiny_model), "--out", str(out)]
-    assert main([*command, "--fill-holes", "--undo-weighting", "0.5", "--min-island", "6"]) == 0
+    flags = ["--fill-holes", "--undo-weighting", "0.5", "--min-island", "6", "--overlap", "2"]
+    assert main([*command, *flags]) == 0
     config = load_model(out).stage("masks").config
     assert config.fill_holes and config.undo_weighting == 0.5 and config.min_island_voxels == 6
+    assert config.sampling_overlap == 2
     packed, source = load_checkpoint(out / "masks.pt"), load_checkpoint(tiny_model / "masks.pt")
     for name, tensor in source.weights["network"].items():
         assert np.array_equal(packed.weights["network"][name].numpy(), tensor.numpy())

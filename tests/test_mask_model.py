@@ -295,6 +295,12 @@ def test_an_island_size_that_is_not_a_whole_number_is_refused(size) -> None:
         MaskNetworkConfig.from_dict({"min_island_voxels": size})
 
 
+@pytest.mark.parametrize("overlap", [-1, 2.5, True, "4"])
+def test_a_sampling_overlap_that_is_not_a_whole_number_is_refused(overlap) -> None:
+    with pytest.raises(ValueError, match="sampling_overlap must be a whole number"):
+        MaskNetworkConfig.from_dict({"sampling_overlap": overlap})
+
+
 def test_an_unweighted_model_keeps_its_prediction() -> None:
     model = _build()
     prediction = torch.randn(2, len(TABLE), 4, 8, 8)

@@ -115,6 +115,35 @@ def test_extension_covers_any_depth_and_conditions_on_neighbours(
         generated[start : start + 4] = True
 
 
+@pytest.mark.parametrize(
+    ("given", "own", "expected"), [(None, None, 1), (None, 2, 2), (3, 2, 3), (0, 2, 0)]
+)
+def test_overlap_is_the_given_one_else_the_models_else_the_datas(
+    model: MaskDiffusionModel, given: int | None, own: int | None, expected: int
+) -> None:
+    """Each sequence after the first starts from the ``expected`` slices it shares with
+    those generated before it (more where the last one is moved back to end the volume)."""
+    depth = 13
+    spy = Spy(model.network)
+    config = dataclasses.replace(model.config, sampling_overlap=own)
+    drain(
+        sample_mask_volume(
+            dataclasses.replace(model, network=spy, config=config),
+            depth,
+            seed=0,
+            steps=STEPS,
+            overlap=given,
+        )
+    )
+    order = generation_order(depth, 4, expected)
+    assert len(spy.calls) == len(order) * STEPS
+    generated = np.zeros(depth, dtype=bool)
+    for n, start in enumerate(order):
+        known = spy.calls[n * STEPS][0]
+        np.testing.assert_array_equal(known, generated[start : start + 4])
+        generated[start : start + 4] = True
+
+
 def test_generation_starts_in_the_middle_then_goes_down_and_up() -> None:
     # depth 13, L=4, k=1: starts 0, 3, 6, 9
     assert generation_order(13, 4, 1) == [3, 0, 6, 9]  # a tie: the lower one
@@ -227,6 +256,14 @@ def test_bad_requests_are_input_errors(
     depth = kwargs.pop("depth")
     with pytest.raises(InputError, match=message):
         drain(sample_mask_volume(model, depth, seed=kwargs.pop("seed", 0), steps=STEPS, **kwargs))
+
+
+@pytest.mark.parametrize("overlap", [4, 7])
+def test_an_overlap_leaving_nothing_to_generate_is_an_input_error(
+    model: MaskDiffusionModel, overlap: int
+) -> None:
+    with pytest.raises(InputError, match=r"overlap must be in \[0, 3\] for sequences of 4"):
+        _sample(model, 8, overlap=overlap)
 
 
 def test_size_is_needed_when_the_model_has_none(model: MaskDiffusionModel) -> None:

@@ -288,6 +288,14 @@ def _add_mask_model_settings(p: argparse.ArgumentParser) -> None:
         help="once a volume is generated, give pieces of a structure smaller than this many "
         "voxels to their neighbours; 0 keeps every piece (default: the model's)",
     )
+    p.add_argument(
+        "--overlap",
+        type=int,
+        metavar="SLICES",
+        help="slices each generated mask sequence shares with those generated before it, "
+        "below the sequence length; more is slower and tells a sequence more of how far a "
+        "structure has come (default: the model's)",
+    )
 
 
 def _mask_settings(args: argparse.Namespace) -> MaskSettings:
@@ -297,6 +305,7 @@ def _mask_settings(args: argparse.Namespace) -> MaskSettings:
         undo_weighting=args.undo_weighting,
         fill_holes=args.fill_holes,
         min_island_voxels=args.min_island_voxels,
+        overlap=args.overlap,
     )
 
 
@@ -651,6 +660,7 @@ def _run_pack_model(args: argparse.Namespace) -> None:
         undo_weighting=args.undo_weighting,
         fill_holes=args.fill_holes,
         min_island_voxels=args.min_island_voxels,
+        overlap=args.overlap,
     )
     if masks == MaskSettings():  # none given: a source without a mask stage packs as well
         masks = None

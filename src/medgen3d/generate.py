@@ -123,6 +123,7 @@ def generate_masks(
         undo_weighting=settings.masks.undo_weighting,
         fill_holes=settings.masks.fill_holes,
         min_island_voxels=settings.masks.min_island_voxels,
+        overlap=settings.masks.overlap,
         size=grid.shape[1:],
         known_labels=known_labels,
         known=known,

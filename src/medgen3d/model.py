@@ -153,6 +153,11 @@ class GenerativeModel:
                     f"{'':9s}gives a structure's pieces under {islands} voxels, all but its "
                     "largest, to their neighbours (min_island_voxels)"
                 )
+            if (overlap := network.get("sampling_overlap")) is not None:
+                lines.append(
+                    f"{'':9s}generates each sequence from the {overlap} slices it shares with "
+                    "those before it (sampling_overlap)"
+                )
         lines.append(self._anatomy_check())
         return "\n".join(lines)
 
@@ -271,12 +276,18 @@ def pack_model(
 
 
 def with_mask_sampling(checkpoint: Checkpoint, masks: MaskSettings) -> Checkpoint:
-    """The mask stage ``checkpoint`` with ``masks``' ``undo_weighting``, ``fill_holes`` and
-    ``min_island_voxels``, where given, as its own: settings read only when sampling, so a
-    model is shipped with the ones chosen for it, without retraining."""
+    """The mask stage ``checkpoint`` with ``masks``' ``undo_weighting``, ``fill_holes``,
+    ``min_island_voxels`` and ``overlap`` (as ``sampling_overlap``), where given, as its
+    own: settings read only when sampling, so a model is shipped with the ones chosen for
+    it, without retraining."""
     network = dict(checkpoint.config["model"])
-    for key in ("undo_weighting", "fill_holes", "min_island_voxels"):
-        value = getattr(masks, key)
+    for key, setting in (
+        ("undo_weighting", "undo_weighting"),
+        ("fill_holes", "fill_holes"),
+        ("min_island_voxels", "min_island_voxels"),
+        ("sampling_overlap", "overlap"),
+    ):
+        value = getattr(masks, setting)
         if value is not None:
             network[key] = value
     config = {**checkpoint.config, "model": network}

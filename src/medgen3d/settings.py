@@ -84,6 +84,9 @@ class MaskSettings:
         min_island_voxels: give pieces of a structure smaller than this many voxels to
             their neighbours once the volume is generated (0: keep every piece). ``None``
             keeps the model's own (its ``min_island_voxels``).
+        overlap: slices each generated sequence shares with those generated before it,
+            below the model's sequence length. ``None`` keeps the model's own (its
+            ``sampling_overlap``, else its data's overlap).
         redraws: how many times a mask may be drawn again while the anatomy check against
             the model's training masks flags it (:mod:`medgen3d.anatomy_check`); 0 keeps
             the first. Masks completing seeded slices are checked, never drawn again.
@@ -94,6 +97,7 @@ class MaskSettings:
     undo_weighting: float | None = None
     fill_holes: bool | None = None
     min_island_voxels: int | None = None
+    overlap: int | None = None
     redraws: int = 3
 
     def __post_init__(self) -> None:
@@ -109,6 +113,11 @@ class MaskSettings:
             isinstance(islands, bool) or not isinstance(islands, int) or islands < 0
         ):
             raise InputError(f"minimum island size must be a whole number >= 0, got {islands!r}")
+        overlap = self.overlap
+        if overlap is not None and (
+            isinstance(overlap, bool) or not isinstance(overlap, int) or overlap < 0
+        ):
+            raise InputError(f"overlap must be a whole number >= 0, got {overlap!r}")
         redraws = self.redraws
         if isinstance(redraws, bool) or not isinstance(redraws, int) or redraws < 0:
             raise InputError(f"redraws must be a whole number >= 0, got {redraws!r}")

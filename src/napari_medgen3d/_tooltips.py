@@ -17,6 +17,9 @@ TOOLTIPS = {
     "min_island": "Once the volume is generated, pieces of a structure smaller than this "
     "many voxels take their neighbours' labels; 0 keeps every piece (set from the model; "
     "painted slices are never changed).",
+    "overlap": "Slices each generated mask sequence shares with those generated before it "
+    "(set from the model): more tells a sequence more of how far a structure has come, and "
+    "is slower.",
     "redraws": "Draw a mask again, up to this many times, while it fails the anatomy check "
     "against the model's training masks (a structure missing, far too large, in pieces or "
     "broken from slice to slice); 0 keeps the first. Completed seeds are never redrawn.",

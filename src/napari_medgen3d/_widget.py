@@ -89,6 +89,7 @@ SECTIONS = {
         "steps",
         "fill_holes",
         "min_island",
+        "overlap",
         "redraws",
         "strength",
         "refine_steps",
@@ -184,6 +185,7 @@ class MedGen3DWidget(Container):
         # set to the loaded model's own setting; unticked shows the masks as sampled
         self._fill_holes = CheckBox(value=False, text="Close holes in generated slices")
         self._min_island = SpinBox(value=0, min=0, max=10**6, label="Islands under (voxels)")
+        self._overlap = SpinBox(value=0, min=0, max=4095, label="Overlap (slices)")
         self._redraws = SpinBox(value=DEFAULTS.masks.redraws, min=0, max=20, label="Redraws")
         self._strength = FloatSlider(
             value=DEFAULTS.refiner.strength, min=0.0, max=1.0, step=0.05, label="Refine strength"
@@ -488,6 +490,10 @@ class MedGen3DWidget(Container):
                 config = model.stage("masks").config
                 self._fill_holes.value = config.fill_holes
                 self._min_island.value = config.min_island_voxels
+                masks = model.stage("masks")
+                self._overlap.max = masks.length - 1
+                own = config.sampling_overlap
+                self._overlap.value = masks.overlap if own is None else own
             self._pending = then  # runs once this worker has finished and cleaned up
 
         self._start(load, on_result=loaded, needs_model=False)
@@ -661,6 +667,7 @@ class MedGen3DWidget(Container):
                 # before a model is loaded the boxes have not shown its settings yet
                 fill_holes=None if self._model is None else bool(self._fill_holes.value),
                 min_island_voxels=None if self._model is None else int(self._min_island.value),
+                overlap=None if self._model is None else int(self._overlap.value),
                 redraws=int(self._redraws.value),
             ),
             refiner=RefineSettings(

@@ -315,7 +315,9 @@ def test_cli_and_widget_take_their_defaults_from_the_settings(make_napari_viewer
     assert cli.depth is None  # the command line leaves the depth to the model
 
 
-def test_holes_and_islands_follow_the_loaded_model(make_napari_viewer, qtbot, tmp_path) -> None:
+def test_holes_islands_and_overlap_follow_the_loaded_model(
+    make_napari_viewer, qtbot, tmp_path
+) -> None:
     from medgen3d.checkpoint import load_checkpoint, save_checkpoint
     from medgen3d.settings import DEFAULTS
     from napari_medgen3d._widget import MedGen3DWidget
@@ -324,18 +326,22 @@ def test_holes_and_islands_follow_the_loaded_model(make_napari_viewer, qtbot, tm
     masks = load_checkpoint(folder / "masks.pt")
     masks.config["model"]["fill_holes"] = True
     masks.config["model"]["min_island_voxels"] = 7
+    masks.config["model"]["sampling_overlap"] = 2
     save_checkpoint(masks, folder / "masks.pt", overwrite=True)
     w = MedGen3DWidget(make_napari_viewer())
     w._model_file.value = folder / "masks.pt"
     unloaded = w._settings().masks  # not loaded: the model's own
     assert unloaded.fill_holes is None and unloaded.min_island_voxels is None
+    assert unloaded.overlap is None
     w._with_model(lambda: None)
     _wait_idle(qtbot, w)
     loaded = w._settings().masks
     assert loaded.fill_holes is True and loaded.min_island_voxels == 7
-    w._fill_holes.value, w._min_island.value = False, 0
+    assert loaded.overlap == 2 and w._overlap.max == 7  # sequences of 8
+    w._fill_holes.value, w._min_island.value, w._overlap.value = False, 0, 1
     assert w._settings().masks.fill_holes is False
     assert w._settings().masks.min_island_voxels == 0
+    assert w._settings().masks.overlap == 1
     assert loaded.redraws == DEFAULTS.masks.redraws
     w._redraws.value = 0
     assert w._settings().masks.redraws == 0

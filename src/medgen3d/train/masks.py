@@ -63,7 +63,13 @@ class MaskTask(TrainingTask):
 
     stage = "masks"
     inference_networks = ("network",)
-    sampling_only = ("undo_weighting", "label_bias", "fill_holes", "min_island_voxels")
+    sampling_only = (
+        "undo_weighting",
+        "label_bias",
+        "fill_holes",
+        "min_island_voxels",
+        "sampling_overlap",
+    )
 
     def __init__(
         self, model: MaskDiffusionModel, settings: TrainingSettings, runtime: Runtime

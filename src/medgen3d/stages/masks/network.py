@@ -135,6 +135,13 @@ class MaskNetworkConfig(NetworkConfig):
             piece. Deep brain structures are one piece in training masks, and samples
             scatter fragments of a few voxels around them (`benchmarks/README.md`). Read
             only when sampling.
+        sampling_overlap: slices each generated sequence shares with those generated
+            before it; ``None``: the data's ``overlap``. Training shows the network every
+            number of known slices, so any overlap below the sequence length is one it
+            knows. More known slices tell a sequence how far a structure has come: the
+            head-and-neck masks carry an organ through about twice its real length from 4
+            known slices and much less from 8 (`benchmarks/README.md`), at about 1.5 times
+            the sequences. Read only when sampling.
     """
 
     SECTION = "masks model"
@@ -155,6 +162,7 @@ class MaskNetworkConfig(NetworkConfig):
     label_bias: tuple[float, ...] | None = None
     fill_holes: bool = False
     min_island_voxels: int = 0
+    sampling_overlap: int | None = None
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:
@@ -215,6 +223,13 @@ class MaskNetworkConfig(NetworkConfig):
         if isinstance(islands, bool) or not isinstance(islands, int) or islands < 0:
             raise ValueError(
                 f"min_island_voxels must be a whole number >= 0, got {self.min_island_voxels!r}"
+            )
+        overlap = self.sampling_overlap
+        if overlap is not None and (
+            isinstance(overlap, bool) or not isinstance(overlap, int) or overlap < 0
+        ):
+            raise ValueError(
+                f"sampling_overlap must be a whole number >= 0 or null, got {overlap!r}"
             )
         if not isinstance(self.shrink_input, bool):
             raise ValueError(f"shrink_input must be true or false, got {self.shrink_input!r}")

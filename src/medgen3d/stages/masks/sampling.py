@@ -43,6 +43,7 @@ def sample_mask_volume(
     undo_weighting: float | None = None,
     fill_holes: bool | None = None,
     min_island_voxels: int | None = None,
+    overlap: int | None = None,
     size: tuple[int, int] | None = None,
     known_labels: np.ndarray | None = None,
     known: np.ndarray | None = None,
@@ -68,6 +69,8 @@ def sample_mask_volume(
             than this, all but its largest, take the nearest kept voxel's label
             (:func:`~medgen3d.islands.remove_islands`; seeded slices never change); 0: none
             removed; ``None``: the model's own setting.
+        overlap: slices each sequence shares with those generated before it, below ``L``;
+            ``None``: the model's ``sampling_overlap``, else its data's overlap.
         size: in-plane ``(H, W)``; defaults to ``known_labels``' size, then the model's
             training size.
         known_labels: ``(Z, H, W)`` channel indices of user-seeded slices (ignored where
@@ -87,8 +90,9 @@ def sample_mask_volume(
         ``(Z, H, W)`` uint8 channel indices; seeded slices equal ``known_labels`` exactly.
 
     Raises:
-        InputError: for a depth below ``L``, an unknown sampler or bad step count, a start
-            position outside [0, 1], or seeds whose shapes or values do not fit the model.
+        InputError: for a depth below ``L``, an unknown sampler or bad step count, an
+            overlap of ``L`` or more, a start position outside [0, 1], or seeds whose shapes
+            or values do not fit the model.
     """
     filled = _check_seeds(model, depth, known_labels, known)  # seeded, then also generated
     height, width = _in_plane_size(model, size, known_labels)
@@ -100,11 +104,12 @@ def sample_mask_volume(
         fill_holes = model.config.fill_holes
     if min_island_voxels is None:
         min_island_voxels = model.config.min_island_voxels
+    overlap = _sampling_overlap(model, overlap)
     seeded = filled.copy()
     output = np.zeros((depth, height, width), dtype=np.uint8)
     if known_labels is not None:
         output[filled] = known_labels[filled]
-    starts = generation_order(depth, model.length, model.overlap, filled, start_position)
+    starts = generation_order(depth, model.length, overlap, filled, start_position)
     per_sequence = len(schedule.timesteps)
     for n, start in enumerate(starts):
         window = slice(start, start + model.length)
@@ -150,6 +155,23 @@ def generation_order(
         first = min(range(len(starts)), key=lambda i: distance[i])
     order = list(range(first, -1, -1)) + list(range(first + 1, len(starts)))
     return [starts[i] for i in order]
+
+
+def _sampling_overlap(model: MaskDiffusionModel, overlap: int | None) -> int:
+    """``overlap``, else the model's ``sampling_overlap``, else its data's overlap.
+
+    Raises:
+        InputError: when it leaves a sequence no slice to generate (``>= L``).
+    """
+    choice = next(
+        c for c in (overlap, model.config.sampling_overlap, model.overlap) if c is not None
+    )
+    if not 0 <= choice < model.length:
+        raise InputError(
+            f"overlap must be in [0, {model.length - 1}] for sequences of {model.length} "
+            f"slices, got {choice}"
+        )
+    return choice
 
 
 def _sample_sequence(
