@@ -5,7 +5,8 @@
 
 Prints the wall time and peak resident memory of `medgen3d generate --model MODEL -n 1` as
 a user runs it (a fresh process: imports, model loading, the three stages, writing the
-files), then the per-stage split measured in-process from the progress reports. The depth
+files), then the per-stage split measured in-process from the progress reports and how
+many masks the anatomy check had drawn (the default settings: up to 3 redraws). The depth
 defaults to the model's own (its typical training volume). Record the figures in
 benchmarks/README.md with the machine and its load.
 """
@@ -55,27 +56,32 @@ def main() -> None:
 
     from medgen3d.generate import generate_pair
     from medgen3d.model import load_model
-    from medgen3d.settings import GenerationSettings
+    from medgen3d.progress import drain
+    from medgen3d.settings import GenerationSettings, MaskSettings, RefineSettings
 
     start = time.perf_counter()
     model = load_model(args.model, "cpu")
     print(f"model loading: {time.perf_counter() - start:.1f} s")
     stage_times: dict[str, float] = {}
-    work = generate_pair(
-        model,
-        GenerationSettings(
-            depth=args.depth or model.typical_depth,
-            steps=args.steps,
-            refine_steps=args.refine_steps,
-        ),
-    )
     last = time.perf_counter()
-    for report in work:
+
+    def clock(report) -> None:
+        nonlocal last
         now = time.perf_counter()
         stage_times[report.stage] = stage_times.get(report.stage, 0.0) + now - last
         last = now
+
+    settings = GenerationSettings(
+        depth=args.depth or model.typical_depth,
+        masks=MaskSettings(steps=args.steps),
+        refiner=RefineSettings(steps=args.refine_steps),
+    )
+    pair = drain(generate_pair(model, settings), clock)
     for stage, seconds in stage_times.items():
         print(f"{stage:8s} {seconds:6.1f} s")
+    if pair.anatomy is not None:  # masks drawn again while the anatomy check flagged them
+        verdict = "passed" if pair.anatomy.passed else "flagged"
+        print(f"masks drawn: {pair.anatomy.draws} (the kept one {verdict})")
 
 
 if __name__ == "__main__":
