@@ -61,6 +61,11 @@ def choices(enum: type[StrEnum]) -> tuple[str, ...]:
     return tuple(member.value for member in enum)
 
 
+def _whole_number(value: Any) -> bool:
+    """Whether ``value`` is an integer (not a bool) of at least 0."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def _member(enum: type[StrEnum], value: str, what: str) -> StrEnum:
     try:
         return enum(value)
@@ -109,18 +114,12 @@ class MaskSettings:
         if self.fill_holes not in (None, True, False):
             raise InputError(f"fill holes must be true, false or unset, got {self.fill_holes!r}")
         islands = self.min_island_voxels
-        if islands is not None and (
-            isinstance(islands, bool) or not isinstance(islands, int) or islands < 0
-        ):
+        if islands is not None and not _whole_number(islands):
             raise InputError(f"minimum island size must be a whole number >= 0, got {islands!r}")
-        overlap = self.overlap
-        if overlap is not None and (
-            isinstance(overlap, bool) or not isinstance(overlap, int) or overlap < 0
-        ):
-            raise InputError(f"overlap must be a whole number >= 0, got {overlap!r}")
-        redraws = self.redraws
-        if isinstance(redraws, bool) or not isinstance(redraws, int) or redraws < 0:
-            raise InputError(f"redraws must be a whole number >= 0, got {redraws!r}")
+        if self.overlap is not None and not _whole_number(self.overlap):
+            raise InputError(f"overlap must be a whole number >= 0, got {self.overlap!r}")
+        if not _whole_number(self.redraws):
+            raise InputError(f"redraws must be a whole number >= 0, got {self.redraws!r}")
 
 
 @dataclass(frozen=True)

@@ -487,13 +487,11 @@ class MedGen3DWidget(Container):
             if self._depth.value == self._depth_default:  # not changed by the user
                 self._depth.value = self._depth_default = self._model.typical_depth
             if "masks" in model.stages:
-                config = model.stage("masks").config
-                self._fill_holes.value = config.fill_holes
-                self._min_island.value = config.min_island_voxels
                 masks = model.stage("masks")
+                self._fill_holes.value = masks.config.fill_holes
+                self._min_island.value = masks.config.min_island_voxels
                 self._overlap.max = masks.length - 1
-                own = config.sampling_overlap
-                self._overlap.value = masks.overlap if own is None else own
+                self._overlap.value = masks.generation_overlap
             self._pending = then  # runs once this worker has finished and cleaned up
 
         self._start(load, on_result=loaded, needs_model=False)

@@ -361,9 +361,9 @@ def implausible(sample: MaskAnatomy, reference: AnatomyReference) -> list[str]:
 def _largest_piece_slices(pieces: np.ndarray) -> int:
     """Axial slices spanned by the largest piece of a (Z, H, W) ``ndimage.label`` result
     with at least one piece."""
-    largest = np.argmax(np.bincount(pieces.ravel())[1:]) + 1
-    slices = np.flatnonzero((pieces == largest).any(axis=(1, 2)))
-    return int(slices[-1] - slices[0] + 1)
+    largest = np.argmax(np.bincount(pieces.ravel())[1:])
+    z = ndimage.find_objects(pieces)[largest][0]  # the piece's bounding box along z
+    return z.stop - z.start
 
 
 def _slice_continuity(mask: np.ndarray) -> float:

@@ -219,15 +219,12 @@ class MaskNetworkConfig(NetworkConfig):
             raise ValueError(f"label_bias must be a list of finite numbers or null, got {bias!r}")
         if not isinstance(self.fill_holes, bool):
             raise ValueError(f"fill_holes must be true or false, got {self.fill_holes!r}")
-        islands = self.min_island_voxels
-        if isinstance(islands, bool) or not isinstance(islands, int) or islands < 0:
+        if not positive_int(self.min_island_voxels, 0):
             raise ValueError(
                 f"min_island_voxels must be a whole number >= 0, got {self.min_island_voxels!r}"
             )
         overlap = self.sampling_overlap
-        if overlap is not None and (
-            isinstance(overlap, bool) or not isinstance(overlap, int) or overlap < 0
-        ):
+        if overlap is not None and not positive_int(overlap, 0):
             raise ValueError(
                 f"sampling_overlap must be a whole number >= 0 or null, got {overlap!r}"
             )
@@ -453,6 +450,13 @@ class MaskDiffusionModel:
     config: MaskNetworkConfig
     label_weights: torch.Tensor | None = None
     subject_channel: int | None = None
+
+    @property
+    def generation_overlap(self) -> int:
+        """Slices a generated sequence shares with those before it unless a call says
+        otherwise: the config's ``sampling_overlap``, else the data's ``overlap``."""
+        own = self.config.sampling_overlap
+        return self.overlap if own is None else own
 
     @property
     def diffusion(self) -> Diffusion:

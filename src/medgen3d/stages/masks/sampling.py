@@ -70,7 +70,7 @@ def sample_mask_volume(
             (:func:`~medgen3d.islands.remove_islands`; seeded slices never change); 0: none
             removed; ``None``: the model's own setting.
         overlap: slices each sequence shares with those generated before it, below ``L``;
-            ``None``: the model's ``sampling_overlap``, else its data's overlap.
+            ``None``: the model's own (:attr:`MaskDiffusionModel.generation_overlap`).
         size: in-plane ``(H, W)``; defaults to ``known_labels``' size, then the model's
             training size.
         known_labels: ``(Z, H, W)`` channel indices of user-seeded slices (ignored where
@@ -104,7 +104,13 @@ def sample_mask_volume(
         fill_holes = model.config.fill_holes
     if min_island_voxels is None:
         min_island_voxels = model.config.min_island_voxels
-    overlap = _sampling_overlap(model, overlap)
+    if overlap is None:
+        overlap = model.generation_overlap
+    if not 0 <= overlap < model.length:
+        raise InputError(
+            f"overlap must be in [0, {model.length - 1}] for sequences of {model.length} "
+            f"slices, got {overlap}"
+        )
     seeded = filled.copy()
     output = np.zeros((depth, height, width), dtype=np.uint8)
     if known_labels is not None:
@@ -155,23 +161,6 @@ def generation_order(
         first = min(range(len(starts)), key=lambda i: distance[i])
     order = list(range(first, -1, -1)) + list(range(first + 1, len(starts)))
     return [starts[i] for i in order]
-
-
-def _sampling_overlap(model: MaskDiffusionModel, overlap: int | None) -> int:
-    """``overlap``, else the model's ``sampling_overlap``, else its data's overlap.
-
-    Raises:
-        InputError: when it leaves a sequence no slice to generate (``>= L``).
-    """
-    choice = next(
-        c for c in (overlap, model.config.sampling_overlap, model.overlap) if c is not None
-    )
-    if not 0 <= choice < model.length:
-        raise InputError(
-            f"overlap must be in [0, {model.length - 1}] for sequences of {model.length} "
-            f"slices, got {choice}"
-        )
-    return choice
 
 
 def _sample_sequence(
