@@ -23,6 +23,7 @@ from medgen3d.stages.masks import (
     generation_order,
     sample_mask_volume,
 )
+from medgen3d.stages.masks.sampling import _channel_indices
 
 TABLE = bundled_table("thorax_phantom")
 DATA = DataSpec(TABLE, Preprocessing(size=(8, 8)), sequence_length=4, overlap=1)
@@ -288,3 +289,13 @@ def test_islands_go_to_their_neighbours_once_the_volume_is_generated_and_seeds_s
     np.testing.assert_array_equal(
         _sample(own, 13, known_labels=labels, known=known, min_island_voxels=0), raw
     )
+
+
+def test_channel_indices_are_the_argmax_and_take_the_first_of_equals() -> None:
+    torch.manual_seed(0)
+    signal = torch.randn(1, 5, 3, 4, 4)
+    signal[:, 3] = signal[:, 1] = signal.max(dim=1).values + 1.0  # ties between 1 and 3
+    signal[0, 4, 0] += 5.0  # a slice where 4 wins
+    indices = _channel_indices(signal)
+    assert indices.dtype == np.uint8 and set(np.unique(indices)) == {1, 4}
+    np.testing.assert_array_equal(indices, signal.argmax(dim=1)[0].numpy())
