@@ -165,6 +165,11 @@ def test_packing_records_the_training_anatomy_the_training_cases_pass(tmp_path: 
     model = load_model(tmp_path / "packed")
     reference = training_reference(model)
     assert reference.names == model.data.labels.names[1:]
+    # Every stage records the ranges; only the mask stage, whose masks are checked, the
+    # reference.
+    for stage, checkpoint in model.checkpoints.items():
+        anatomy = checkpoint.config["provenance"]["anatomy"]
+        assert "volume_ml" in anatomy and ("reference" in anatomy) == (stage == "masks")
     for path in sorted(data.glob("*label*")):
         label = load_volume(path, "label")
         assert check_anatomy(label, model, reference) == []

@@ -247,7 +247,8 @@ def pack_model(
     each other (:func:`load_model`'s rules) before anything is written.
 
     ``anatomy_data``, the model's training data folder, records the anatomy of its
-    training cases (held-out cases left out) afresh in every stage, as training does
+    training cases (held-out cases left out) afresh in every stage, and the reference the
+    anatomy check reads in the mask stage only, as training does
     (:meth:`~medgen3d.train.bank.CaseBank.anatomy_ranges`): a model trained before a
     statistic was recorded gets it without retraining.
 
@@ -264,8 +265,9 @@ def pack_model(
     if anatomy_data is not None:
         bank = CaseBank.from_folder(anatomy_data, spec, exclude=spec.holdout)
         anatomy = bank.anatomy_ranges(spec.preprocessing.spacing, spec.labels.names)
+        ranges = {key: value for key, value in anatomy.items() if key != "reference"}
         checkpoints = {
-            stage: _with_provenance(checkpoint, anatomy=anatomy)
+            stage: _with_provenance(checkpoint, anatomy=anatomy if stage == "masks" else ranges)
             for stage, checkpoint in checkpoints.items()
         }
     if masks is not None:
