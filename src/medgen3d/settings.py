@@ -16,6 +16,7 @@ from enum import StrEnum
 from typing import Any
 
 from medgen3d.errors import InputError
+from medgen3d.stages.config import positive_int
 
 __all__ = [
     "DEFAULTS",
@@ -59,11 +60,6 @@ class Device(StrEnum):
 def choices(enum: type[StrEnum]) -> tuple[str, ...]:
     """The values of ``enum``, for argparse ``choices`` and combo boxes."""
     return tuple(member.value for member in enum)
-
-
-def _whole_number(value: Any) -> bool:
-    """Whether ``value`` is an integer (not a bool) of at least 0."""
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _member(enum: type[StrEnum], value: str, what: str) -> StrEnum:
@@ -114,11 +110,11 @@ class MaskSettings:
         if self.fill_holes not in (None, True, False):
             raise InputError(f"fill holes must be true, false or unset, got {self.fill_holes!r}")
         islands = self.min_island_voxels
-        if islands is not None and not _whole_number(islands):
+        if islands is not None and not positive_int(islands, 0):
             raise InputError(f"minimum island size must be a whole number >= 0, got {islands!r}")
-        if self.overlap is not None and not _whole_number(self.overlap):
+        if self.overlap is not None and not positive_int(self.overlap, 0):
             raise InputError(f"overlap must be a whole number >= 0, got {self.overlap!r}")
-        if not _whole_number(self.redraws):
+        if not positive_int(self.redraws, 0):
             raise InputError(f"redraws must be a whole number >= 0, got {self.redraws!r}")
 
 
